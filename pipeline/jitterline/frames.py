@@ -1,0 +1,258 @@
+"""The values that flow through the pipeline.
+
+All are frozen, slotted dataclasses: a stage never mutates what it received, so any stage
+can be replayed, shared with a plugin or sent to another process. Units are in the field
+names. Times called ``*_s`` without ``wall`` come from a monotonic clock (the transport's, or
+the scheduler's in virtual time); ``*_wall_s`` fields are epoch seconds from some party's wall
+clock and are only ever compared with each other when they come from the same party, except
+``latency`` which is documented to include clock offset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "Alert",
+    "ArrivalMeasure",
+    "AudioFrame",
+    "BufferStats",
+    "ConnectionStats",
+    "Event",
+    "FrameCounts",
+    "LatencyStats",
+    "Malformed",
+    "Message",
+    "Pong",
+    "Samples",
+    "Stats",
+    "StreamClosed",
+    "StreamError",
+    "StreamOpened",
+]
+
+Samples: TypeAlias = npt.NDArray[np.int16]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One WebSocket message as received, stamped on arrival.
+
+    ``received_wall_s`` is the receiver's wall clock at arrival, if the transport read it;
+    it is only used for sender-to-receiver latency, which needs both wall clocks.
+    """
+
+    data: str | bytes
+    arrival_s: float
+    received_wall_s: float | None = None
+
+    @property
+    def kind(self) -> Literal["text", "binary"]:
+        return "text" if isinstance(self.data, str) else "binary"
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFrame:
+    """One chunk of audio of one stream.
+
+    ``seq`` counts frames from the stream's start, with no wrap (dialects with 16-bit
+    counters unwrap before building frames). ``media_ms`` is the frame's position on the
+    sender's media clock. ``capture_wall_s`` and ``sent_wall_s`` are the sender's wall clock
+    when the audio was captured and when the message left; their difference is server-side
+    processing time, free of clock offset. ``playout_s`` is set by the jitter buffer when
+    the frame leaves it; ``concealed`` marks a frame it synthesised for a missing one. ``samples`` is filled by the decode stage (int16,
+    interleaved when ``channels`` > 1, read-only) and is left out of equality so that frames
+    compare by their wire content.
+    """
+
+    stream_id: str
+    seq: int
+    media_ms: float
+    codec: str
+    sample_rate: int
+    channels: int
+    payload: bytes = field(repr=False)
+    duration_ms: float
+    arrival_s: float
+    capture_wall_s: float | None = None
+    sent_wall_s: float | None = None
+    received_wall_s: float | None = None
+    playout_s: float | None = None
+    concealed: bool = False
+    samples: Samples | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOpened:
+    """The peer accepted the stream (appfoundry ``initialize`` answer, AudioHook ``opened``)."""
+
+    stream_id: str
+    arrival_s: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamError:
+    """The peer reported an error in-band; the stream may go on."""
+
+    stream_id: str
+    arrival_s: float
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamClosed:
+    """The peer ended the stream in-band."""
+
+    stream_id: str
+    arrival_s: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """A protocol-level pong; ``rtt_ms`` is filled where the dialect can measure it."""
+
+    stream_id: str
+    arrival_s: float
+    rtt_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A message that could not be parsed or decoded; counted, logged once per kind, skipped."""
+
+    kind: str
+    detail: str
+    arrival_s: float
+
+
+Event: TypeAlias = AudioFrame | StreamOpened | StreamError | StreamClosed | Pong | Malformed
+
+
+@dataclass(frozen=True, slots=True)
+class ArrivalMeasure:
+    """What the latency window learned from one frame's arrival; the adjuster's input.
+
+    ``transit_delta_ms`` is RFC 3550's |D(i-1, i)|; ``jitter_ms`` the running RFC 3550
+    estimate after this frame; ``relative_delay_ms`` the frame's one-way delay above the
+    least-delayed frame in the window (clock offset cancels).
+    """
+
+    arrival_s: float
+    seq: int
+    frame_ms: float
+    interarrival_ms: float | None
+    transit_delta_ms: float | None
+    jitter_ms: float
+    relative_delay_ms: float
+    latency_ms: float | None = None
+    processing_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FrameCounts:
+    """Frame accounting; ``received == played + late + duplicate + overflow + malformed +
+    unplayed`` always holds on a final snapshot (see DESIGN.md, invariant 1)."""
+
+    received: int = 0
+    played: int = 0
+    late: int = 0
+    duplicate: int = 0
+    overflow: int = 0
+    malformed: int = 0
+    unplayed: int = 0
+    lost: int = 0
+    concealed: int = 0
+    reordered: int = 0
+
+    @property
+    def balanced(self) -> bool:
+        accounted = (
+            self.played + self.late + self.duplicate + self.overflow + self.malformed
+        ) + self.unplayed
+        return self.received == accounted
+
+    @property
+    def loss_rate(self) -> float:
+        expected = self.played + self.late + self.lost
+        return self.lost / expected if expected else 0.0
+
+    @property
+    def late_rate(self) -> float:
+        expected = self.played + self.late + self.lost
+        return self.late / expected if expected else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyStats:
+    """The latency window's view, in milliseconds; None where nothing was measured."""
+
+    frames: int = 0
+    jitter_rfc3550_ms: float = 0.0
+    jitter_p50_ms: float | None = None
+    jitter_p95_ms: float | None = None
+    jitter_p99_ms: float | None = None
+    interarrival_p50_ms: float | None = None
+    interarrival_p95_ms: float | None = None
+    interarrival_p99_ms: float | None = None
+    delay_p50_ms: float | None = None
+    delay_p95_ms: float | None = None
+    delay_p99_ms: float | None = None
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    latency_p99_ms: float | None = None
+    processing_p50_ms: float | None = None
+    processing_p95_ms: float | None = None
+    rtt_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BufferStats:
+    """The jitter buffer's target delay now, its extremes so far, and what it holds."""
+
+    target_ms: float = 0.0
+    min_ms: float = 0.0
+    max_ms: float = 0.0
+    level_ms: float = 0.0
+    policy: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStats:
+    """Filled by the transport; zeros when the pipeline runs on a replay."""
+
+    connected: bool = False
+    attempts: int = 0
+    reconnects: int = 0
+    token_refreshes: int = 0
+    rate_limited: int = 0
+    rtt_ms: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """A snapshot of one stream at ``at_s`` (pipeline clock)."""
+
+    at_s: float
+    stream_id: str = ""
+    frames: FrameCounts = field(default_factory=FrameCounts)
+    latency: LatencyStats = field(default_factory=LatencyStats)
+    buffer: BufferStats = field(default_factory=BufferStats)
+    connection: ConnectionStats = field(default_factory=ConnectionStats)
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """Something a human should hear about: a verdict change, a plugin failing, a drop."""
+
+    kind: str
+    message: str
+    at_s: float
+    severity: Literal["info", "warning", "error"] = "warning"
+    values: dict[str, float] = field(default_factory=dict)
