@@ -21,6 +21,8 @@ __all__ = [
     "ArrivalMeasure",
     "AudioFrame",
     "BufferStats",
+    "ConnectionEvent",
+    "ConnectionKind",
     "ConnectionStats",
     "Event",
     "FrameCounts",
@@ -133,6 +135,36 @@ class Malformed:
 
 
 Event: TypeAlias = AudioFrame | StreamOpened | StreamError | StreamClosed | Pong | Malformed
+
+
+ConnectionKind: TypeAlias = Literal[
+    "connecting",
+    "connected",
+    "disconnected",
+    "reconnect_scheduled",
+    "token_refreshed",
+    "rate_limited",
+    "pong",
+    "closed",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionEvent:
+    """A step in a session's life, for hooks and status displays.
+
+    ``attempt`` counts connection attempts from 1; ``code``/``reason`` describe a
+    disconnect or a refused handshake; ``delay_s`` is the wait before the next attempt
+    (reconnect_scheduled, rate_limited); ``rtt_ms`` is set on ``pong``.
+    """
+
+    kind: ConnectionKind
+    at_s: float
+    attempt: int = 0
+    code: int | None = None
+    reason: str = ""
+    delay_s: float | None = None
+    rtt_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
