@@ -1,0 +1,333 @@
+"""Buffer-size adjuster: how much delay the jitter buffer should hold, frame by frame.
+
+A policy turns each frame's ``ArrivalMeasure`` into a desired target delay; the
+``BufferAdjuster`` clamps it to configured bounds, remembers the extremes and shields the
+stream from a failing policy (a plugin point: a policy that raises or answers a non-finite
+number is logged once and counted, and the previous target stays).
+
+Built-in policies:
+
+- ``adaptive`` (the default), after WebRTC NetEq's UnderrunOptimizer (PROTOCOLS.md, section
+  6): the largest relative delay of each 500 ms interval goes into a 100-bucket x 20 ms
+  histogram with exponential forgetting (0.983 per interval; faster at the start, as
+  NetEq's ``start_forget_weight`` 2), and the target is ``(1 + bucket at the 0.95
+  quantile) * 20 ms``, 80 ms until the first interval closes. Counting the whole quantile
+  bucket already rounds the target up by up to one bucket, so ``margin_ms`` defaults to 0
+  (NetEq adds none either). Intervals whose largest delay is beyond the histogram (2 s)
+  are left out, as NetEq does: a pause that long is an outage, not jitter a buffer can
+  absorb. NetEq's ReorderOptimizer is not reproduced.
+- ``threshold``: the tutorial's rule on RFC 3550 jitter (jitter > 50 ms -> 100 ms,
+  < 20 ms -> 50 ms; between the two the current target stays, which is the hysteresis).
+- ``fixed``: one target, whatever happens.
+
+Registry factories follow the ``jitterline_register_buffer_policies`` contract:
+``factory(target_ms=None)`` returns a new policy, ``target_ms`` being its initial target.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+from .errors import ConfigError
+from .frames import ArrivalMeasure, BufferStats
+from .registry import Registry
+
+__all__ = [
+    "DEFAULT_POLICY",
+    "AdaptivePolicy",
+    "BufferAdjuster",
+    "BufferPolicy",
+    "FixedPolicy",
+    "ThresholdPolicy",
+    "builtin_policies",
+    "make_policy",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POLICY = "adaptive"
+_DEFAULT_FIXED_MS = 80.0
+
+
+@runtime_checkable
+class BufferPolicy(Protocol):
+    """Decides the target delay; ``update`` is called once per received frame, in arrival
+    order, and returns the desired target in ms (time is ``measure.arrival_s``)."""
+
+    name: str
+
+    def update(self, measure: ArrivalMeasure) -> float: ...
+
+
+def _check_ms(name: str, value: float, hint: str) -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{name}={value!r} must be a finite number of ms >= 0; {hint}")
+
+
+class FixedPolicy:
+    """Always the same target: for links whose jitter is known, or to compare policies."""
+
+    name = "fixed"
+
+    def __init__(self, target_ms: float = _DEFAULT_FIXED_MS) -> None:
+        _check_ms("target_ms", target_ms, "try 80")
+        self.target_ms = target_ms
+
+    def update(self, measure: ArrivalMeasure) -> float:
+        return self.target_ms
+
+
+class ThresholdPolicy:
+    """The tutorial's two-level rule on RFC 3550 jitter, with a dead band between the
+    thresholds so a jitter that hovers near one does not flip the buffer size."""
+
+    name = "threshold"
+
+    def __init__(
+        self,
+        high_jitter_ms: float = 50.0,
+        low_jitter_ms: float = 20.0,
+        high_target_ms: float = 100.0,
+        low_target_ms: float = 50.0,
+        initial_target_ms: float = 50.0,
+    ) -> None:
+        for name, value in (
+            ("high_jitter_ms", high_jitter_ms),
+            ("low_jitter_ms", low_jitter_ms),
+            ("high_target_ms", high_target_ms),
+            ("low_target_ms", low_target_ms),
+            ("initial_target_ms", initial_target_ms),
+        ):
+            _check_ms(name, value, "see ThresholdPolicy defaults")
+        if not low_jitter_ms < high_jitter_ms:
+            raise ConfigError(
+                f"low_jitter_ms={low_jitter_ms} must be below high_jitter_ms={high_jitter_ms}; "
+                "the gap between them is the hysteresis band"
+            )
+        self.high_jitter_ms = high_jitter_ms
+        self.low_jitter_ms = low_jitter_ms
+        self.high_target_ms = high_target_ms
+        self.low_target_ms = low_target_ms
+        self.target_ms = initial_target_ms
+
+    def update(self, measure: ArrivalMeasure) -> float:
+        if measure.jitter_ms > self.high_jitter_ms:
+            self.target_ms = self.high_target_ms
+        elif measure.jitter_ms < self.low_jitter_ms:
+            self.target_ms = self.low_target_ms
+        return self.target_ms
+
+
+class AdaptivePolicy:
+    """NetEq-like quantile of per-interval peak delay; state is ``buckets`` floats plus a
+    few scalars, whatever the stream's length."""
+
+    name = "adaptive"
+
+    def __init__(
+        self,
+        *,
+        quantile: float = 0.95,
+        forget_factor: float = 0.983,
+        bucket_ms: float = 20.0,
+        buckets: int = 100,
+        interval_s: float = 0.5,
+        start_target_ms: float = 80.0,
+        start_forget_weight: float = 2.0,
+        margin_ms: float = 0.0,
+    ) -> None:
+        if not 0 < quantile < 1:
+            raise ConfigError(f"quantile={quantile!r} must be in (0, 1); NetEq uses 0.95")
+        if not 0 < forget_factor < 1:
+            raise ConfigError(
+                f"forget_factor={forget_factor!r} must be in (0, 1); NetEq uses 0.983"
+            )
+        if not (math.isfinite(bucket_ms) and bucket_ms > 0):
+            raise ConfigError(f"bucket_ms={bucket_ms!r} must be a finite ms > 0; try 20")
+        if buckets < 1:
+            raise ConfigError(f"buckets={buckets!r} must be >= 1; NetEq uses 100")
+        if not (math.isfinite(interval_s) and interval_s > 0):
+            raise ConfigError(f"interval_s={interval_s!r} must be a finite s > 0; try 0.5")
+        _check_ms("start_target_ms", start_target_ms, "NetEq starts at 80")
+        _check_ms("margin_ms", margin_ms, "try 0 or one frame (20)")
+        if not (math.isfinite(start_forget_weight) and start_forget_weight >= 0):
+            raise ConfigError(
+                f"start_forget_weight={start_forget_weight!r} must be >= 0; NetEq uses 2"
+            )
+        self.quantile = quantile
+        self.forget_factor = forget_factor
+        self.bucket_ms = bucket_ms
+        self.interval_s = interval_s
+        self.start_forget_weight = start_forget_weight
+        self.margin_ms = margin_ms
+        self.target_ms = start_target_ms
+        self._histogram = [0.0] * buckets
+        self._adds = 0
+        self._interval_start_s: float | None = None
+        self._interval_peak_ms = 0.0
+
+    def update(self, measure: ArrivalMeasure) -> float:
+        now = measure.arrival_s
+        if not math.isfinite(now):
+            return self.target_ms
+        if self._interval_start_s is None:
+            self._interval_start_s = now
+        elif now - self._interval_start_s >= self.interval_s:
+            self._close_interval()
+            self._interval_start_s = now
+        delay_ms = measure.relative_delay_ms
+        if math.isfinite(delay_ms):
+            self._interval_peak_ms = max(self._interval_peak_ms, delay_ms)
+        return self.target_ms
+
+    def _close_interval(self) -> None:
+        index = int(self._interval_peak_ms // self.bucket_ms)
+        self._interval_peak_ms = 0.0
+        if index >= len(self._histogram):
+            return
+        self._add(index)
+        self.target_ms = (1 + self._quantile_index()) * self.bucket_ms + self.margin_ms
+
+    def _forget(self) -> float:
+        """NetEq's start-up schedule: forget everything for the first adds, then
+        ``1 - weight / adds`` until that reaches the steady factor, so the first seconds
+        are not stuck with the start value."""
+        if self.start_forget_weight == 0:
+            return self.forget_factor
+        if self._adds == 0:
+            return 0.0
+        return max(0.0, min(self.forget_factor, 1 - self.start_forget_weight / self._adds))
+
+    def _add(self, index: int) -> None:
+        keep = self._forget()
+        histogram = self._histogram
+        for i, mass in enumerate(histogram):
+            histogram[i] = mass * keep
+        histogram[index] += 1 - keep
+        self._adds += 1
+
+    def _quantile_index(self) -> int:
+        """The first bucket where the cumulative mass reaches the quantile (of the total,
+        so float rounding in the sum cannot push it past the end)."""
+        needed = self.quantile * sum(self._histogram)
+        cumulative = 0.0
+        for index, mass in enumerate(self._histogram):
+            cumulative += mass
+            if cumulative >= needed:
+                return index
+        return len(self._histogram) - 1
+
+
+class BufferAdjuster:
+    """Runs one policy for one stream and bounds what it asks for.
+
+    Before the first frame the target is ``start_ms`` (NetEq's 80 ms start delay by
+    default; pass the policy's own initial target to avoid a jump on the first frame).
+    ``stats().min_ms`` / ``max_ms`` are the extremes of the targets the policy set (both
+    ``start_ms`` until the first frame), so a fixed policy reports its own value only.
+    """
+
+    def __init__(
+        self,
+        policy: BufferPolicy,
+        *,
+        min_ms: float = 20.0,
+        max_ms: float = 1000.0,
+        start_ms: float = 80.0,
+    ) -> None:
+        _check_ms("min_ms", min_ms, "try 20 (one frame)")
+        _check_ms("max_ms", max_ms, "try 1000")
+        _check_ms("start_ms", start_ms, "try 80")
+        if min_ms > max_ms:
+            raise ConfigError(f"min_ms={min_ms} exceeds max_ms={max_ms}; swap or widen them")
+        self.policy = policy
+        self.min_ms = min_ms
+        self.max_ms = max_ms
+        self.failures = 0
+        self._target_ms = self._clamp(start_ms)
+        self._extremes_ms: tuple[float, float] | None = None
+
+    @property
+    def target_ms(self) -> float:
+        """The clamped target delay now, in ms."""
+        return self._target_ms
+
+    def observe(self, measure: ArrivalMeasure) -> float:
+        """Ask the policy about one frame; returns the clamped target in ms."""
+        try:
+            wanted_ms = float(self.policy.update(measure))
+        except Exception:
+            self._fail("raised")
+            return self._target_ms
+        if not math.isfinite(wanted_ms):
+            self._fail("answered a non-finite target")
+            return self._target_ms
+        target_ms = self._target_ms = self._clamp(wanted_ms)
+        lowest_ms, highest_ms = self._extremes_ms or (target_ms, target_ms)
+        self._extremes_ms = (min(lowest_ms, target_ms), max(highest_ms, target_ms))
+        return target_ms
+
+    def stats(self) -> BufferStats:
+        """``level_ms`` is left 0: only the jitter buffer knows what it holds."""
+        lowest_ms, highest_ms = self._extremes_ms or (self._target_ms, self._target_ms)
+        return BufferStats(
+            target_ms=self._target_ms,
+            min_ms=lowest_ms,
+            max_ms=highest_ms,
+            policy=self.policy.name,
+        )
+
+    def _clamp(self, value_ms: float) -> float:
+        return min(self.max_ms, max(self.min_ms, value_ms))
+
+    def _fail(self, what: str) -> None:
+        self.failures += 1
+        if self.failures == 1:
+            log.warning(
+                "buffer policy %r %s; keeping the target at %.1f ms",
+                self.policy.name,
+                what,
+                self._target_ms,
+                exc_info=what == "raised",
+            )
+
+
+def _fixed(target_ms: float | None = None, **options: Any) -> BufferPolicy:
+    return FixedPolicy(_DEFAULT_FIXED_MS if target_ms is None else target_ms, **options)
+
+
+def _threshold(target_ms: float | None = None, **options: Any) -> BufferPolicy:
+    if target_ms is not None:
+        options["initial_target_ms"] = target_ms
+    return ThresholdPolicy(**options)
+
+
+def _adaptive(target_ms: float | None = None, **options: Any) -> BufferPolicy:
+    if target_ms is not None:
+        options["start_target_ms"] = target_ms
+    return AdaptivePolicy(**options)
+
+
+def builtin_policies() -> Registry[Callable[..., BufferPolicy]]:
+    """A fresh registry of the built-in policy factories (plugins add theirs to a copy)."""
+    registry: Registry[Callable[..., BufferPolicy]] = Registry("buffer policy")
+    registry.register("adaptive", _adaptive)
+    registry.register("threshold", _threshold)
+    registry.register("fixed", _fixed)
+    return registry
+
+
+def make_policy(
+    name: str = DEFAULT_POLICY,
+    *,
+    buffer_ms: float | None = None,
+    registry: Registry[Callable[..., BufferPolicy]] | None = None,
+) -> BufferPolicy:
+    """The CLI's ``--policy`` / ``--buffer-ms``: ``fixed`` holds ``buffer_ms`` (80 ms when
+    not given); the others start from it. ``registry`` defaults to the built-ins; pass the
+    plugin host's to reach plugin policies. Raises ConfigError for an unknown name."""
+    factories = builtin_policies() if registry is None else registry
+    return factories.get(name)(target_ms=buffer_ms)

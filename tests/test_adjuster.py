@@ -1,0 +1,207 @@
+"""Buffer-size policies and the adjuster, driven by arrival measures of network scenarios."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+
+from jitterline.adjuster import (
+    AdaptivePolicy,
+    BufferAdjuster,
+    BufferPolicy,
+    FixedPolicy,
+    ThresholdPolicy,
+    builtin_policies,
+    make_policy,
+)
+from jitterline.errors import ConfigError
+from jitterline.frames import ArrivalMeasure, AudioFrame, BufferStats
+from jitterline.latency import LatencyWindow
+from jitterline.registry import Registry
+
+FRAMES_PER_INTERVAL = 25  # 500 ms of 20 ms frames
+
+
+def measure(
+    arrival_s: float, *, jitter_ms: float = 0.0, relative_delay_ms: float = 0.0
+) -> ArrivalMeasure:
+    return ArrivalMeasure(
+        arrival_s=arrival_s,
+        seq=round(arrival_s / 0.020),
+        frame_ms=20.0,
+        interarrival_ms=20.0,
+        transit_delta_ms=0.0,
+        jitter_ms=jitter_ms,
+        relative_delay_ms=relative_delay_ms,
+    )
+
+
+def run_intervals(
+    policy: BufferPolicy, first: int, count: int, spike_every: int = 0
+) -> list[float]:
+    """Feed ``count`` 500 ms intervals; every ``spike_every``-th holds one frame 150 ms
+    late. Returns the target at the end of each interval."""
+    targets = []
+    for interval in range(first, first + count):
+        spiky = spike_every > 0 and interval % spike_every == spike_every // 2
+        for j in range(FRAMES_PER_INTERVAL):
+            delay_ms = 150.0 if spiky and j == 12 else 0.0
+            target = policy.update(measure(interval * 0.5 + j * 0.020, relative_delay_ms=delay_ms))
+        targets.append(target)
+    return targets
+
+
+def test_threshold_policy_holds_its_size_inside_the_hysteresis_band() -> None:
+    policy = ThresholdPolicy()
+    rising = [policy.update(measure(i * 0.02, jitter_ms=j)) for i, j in enumerate([5, 30, 50])]
+    assert rising == [50.0, 50.0, 50.0]  # 50 is not above the high threshold
+    assert policy.update(measure(0.1, jitter_ms=50.1)) == 100.0
+    falling = [policy.update(measure(0.2, jitter_ms=j)) for j in (40, 30, 20)]
+    assert falling == [100.0, 100.0, 100.0]  # 20 is not below the low threshold
+    assert policy.update(measure(0.3, jitter_ms=19.9)) == 50.0
+
+
+def test_threshold_policy_rejects_inverted_thresholds() -> None:
+    with pytest.raises(ConfigError, match="hysteresis"):
+        ThresholdPolicy(high_jitter_ms=20, low_jitter_ms=50)
+
+
+def test_fixed_policy_ignores_the_network() -> None:
+    policy = FixedPolicy(120.0)
+    calm = policy.update(measure(0.0))
+    stormy = policy.update(measure(0.02, jitter_ms=500.0, relative_delay_ms=500.0))
+    assert calm == stormy == 120.0
+
+
+def test_adaptive_starts_at_80ms_and_settles_low_on_a_clean_stream() -> None:
+    policy = AdaptivePolicy()
+    assert policy.update(measure(0.0)) == 80.0
+    targets = run_intervals(policy, first=0, count=40)
+    assert targets[0] == 80.0  # the first interval is still open
+    assert all(20.0 <= t <= 40.0 for t in targets[2:])
+
+
+def test_adaptive_covers_150ms_spikes_in_10_percent_of_intervals_then_forgets() -> None:
+    policy = AdaptivePolicy()
+    spiky = run_intervals(policy, first=0, count=200, spike_every=10)
+    assert min(spiky[100:]) >= 160.0  # bucket 7 (140-160 ms), rounded up to its top
+    quiet = run_intervals(policy, first=200, count=120)
+    assert quiet[4] >= 160.0  # 2 s later: still remembered
+    assert quiet[-1] <= 40.0  # 60 s later: forgotten
+
+
+def test_adaptive_ignores_pauses_beyond_the_histogram() -> None:
+    policy = AdaptivePolicy()
+    run_intervals(policy, first=0, count=10)
+    policy.update(measure(5.0, relative_delay_ms=30_000.0))  # a 30 s outage
+    assert run_intervals(policy, first=11, count=2)[-1] == 20.0
+
+
+def test_adaptive_margin_is_added_to_the_quantile_bucket() -> None:
+    policy = AdaptivePolicy(margin_ms=20.0)
+    assert run_intervals(policy, first=0, count=5)[-1] == 40.0
+
+
+def test_adaptive_follows_a_latency_window_fed_with_jittery_frames() -> None:
+    window, policy = LatencyWindow(), AdaptivePolicy()
+    target = 0.0
+    for seq in range(1500):  # 30 s; every 5th frame 110 ms late
+        late_s = 0.110 if seq % 5 == 0 else 0.0
+        frame = AudioFrame(
+            stream_id="s",
+            seq=seq,
+            media_ms=seq * 20.0,
+            codec="PCMU",
+            sample_rate=8000,
+            channels=1,
+            payload=b"",
+            duration_ms=20.0,
+            arrival_s=seq * 0.020 + late_s,
+        )
+        target = policy.update(window.observe(frame))
+    assert target == 120.0  # 110 ms falls in bucket 5 (100-120 ms)
+
+
+@pytest.mark.parametrize(
+    ("make", "named"),
+    [
+        (lambda: AdaptivePolicy(quantile=1.0), "quantile"),
+        (lambda: AdaptivePolicy(forget_factor=0.0), "forget_factor"),
+        (lambda: AdaptivePolicy(bucket_ms=0.0), "bucket_ms"),
+        (lambda: AdaptivePolicy(buckets=0), "buckets"),
+    ],
+)
+def test_adaptive_rejects_bad_parameters(make: Callable[[], AdaptivePolicy], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        make()
+
+
+def test_adjuster_clamps_to_its_bounds_and_records_extremes() -> None:
+    adjuster = BufferAdjuster(FixedPolicy(5.0), min_ms=20.0, max_ms=300.0)
+    assert adjuster.target_ms == 80.0  # before the first frame
+    assert adjuster.observe(measure(0.0)) == 20.0
+    adjuster.policy = FixedPolicy(5000.0)
+    assert adjuster.observe(measure(0.02)) == 300.0
+    assert adjuster.stats() == BufferStats(
+        target_ms=300.0, min_ms=20.0, max_ms=300.0, level_ms=0.0, policy="fixed"
+    )
+
+
+def test_adjuster_extremes_exclude_the_start_value() -> None:
+    adjuster = BufferAdjuster(FixedPolicy(40.0), start_ms=80.0)
+    assert adjuster.stats().max_ms == 80.0  # nothing observed yet
+    adjuster.observe(measure(0.0))
+    assert (adjuster.stats().min_ms, adjuster.stats().max_ms) == (40.0, 40.0)
+
+
+def test_adjuster_keeps_the_target_when_a_plugin_policy_fails() -> None:
+    class Broken:
+        name = "broken"
+
+        def __init__(self) -> None:
+            self.answers = [100.0, math.nan]
+
+        def update(self, measure: ArrivalMeasure) -> float:
+            if not self.answers:
+                raise RuntimeError("plugin bug")
+            return self.answers.pop(0)
+
+    adjuster = BufferAdjuster(Broken())
+    assert [adjuster.observe(measure(i * 0.02)) for i in range(4)] == [100.0] * 4
+    assert adjuster.failures == 3
+    assert adjuster.stats().policy == "broken"
+
+
+def test_adjuster_rejects_min_above_max() -> None:
+    with pytest.raises(ConfigError, match="exceeds"):
+        BufferAdjuster(FixedPolicy(), min_ms=500.0, max_ms=100.0)
+
+
+def test_registry_offers_the_three_builtins() -> None:
+    registry = builtin_policies()
+    assert list(registry) == ["adaptive", "fixed", "threshold"]
+    assert isinstance(registry.get("adaptive")(), AdaptivePolicy)
+    assert builtin_policies() is not registry  # fresh per call: plugins cannot leak
+
+
+def test_make_policy_uses_buffer_ms_as_target_or_start() -> None:
+    fixed = make_policy("fixed", buffer_ms=None)
+    assert fixed.update(measure(0.0)) == 80.0
+    assert make_policy("FIXED", buffer_ms=150.0).update(measure(0.0)) == 150.0
+    assert make_policy("threshold", buffer_ms=70.0).update(measure(0.0, jitter_ms=30)) == 70.0
+    assert make_policy("adaptive", buffer_ms=120.0).update(measure(0.0)) == 120.0
+    assert make_policy("adaptive", buffer_ms=None).name == "adaptive"
+    with pytest.raises(ConfigError, match="known: adaptive, fixed, threshold"):
+        make_policy("neteq", buffer_ms=None)
+
+
+def test_make_policy_reaches_a_plugin_registry() -> None:
+    def steady(target_ms: float | None = None) -> BufferPolicy:
+        return FixedPolicy(60.0 if target_ms is None else target_ms)
+
+    registry: Registry[Callable[..., BufferPolicy]] = Registry("buffer policy")
+    registry.register("steady", steady)
+    policy = make_policy("steady", buffer_ms=None, registry=registry)
+    assert policy.update(measure(0.0)) == 60.0
