@@ -2,12 +2,71 @@
 
 A live WebSocket audio stream becomes a ReactiveX observable of frames that passes through
 decode -> jitter buffer -> latency window -> buffer-size adjuster -> sinks (pluggy hooks).
+The names below are the public API; plugins use nothing else.
 """
 
 from __future__ import annotations
 
 import logging
 
+from .adjuster import BufferPolicy
+from .codecs import Codec
+from .diagnosis import Diagnosis, Thresholds, diagnose
+from .errors import (
+    AuthError,
+    CodecError,
+    ConfigError,
+    ConnectionLost,
+    DialectError,
+    JitterlineError,
+    PluginError,
+    RateLimited,
+    TransportError,
+)
+from .frames import (
+    Alert,
+    AudioFrame,
+    ConnectionEvent,
+    FrameCounts,
+    Message,
+    Stats,
+)
+from .hookspecs import hookimpl
+from .plugins import PluginHost
+from .stages import Pipeline, build_pipeline, scheduler_clock
+from .stream import PipelineConfig, StreamProcessor
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "Alert",
+    "AudioFrame",
+    "AuthError",
+    "BufferPolicy",
+    "Codec",
+    "CodecError",
+    "ConfigError",
+    "ConnectionEvent",
+    "ConnectionLost",
+    "Diagnosis",
+    "DialectError",
+    "FrameCounts",
+    "JitterlineError",
+    "Message",
+    "Pipeline",
+    "PipelineConfig",
+    "PluginError",
+    "PluginHost",
+    "RateLimited",
+    "Stats",
+    "StreamProcessor",
+    "Thresholds",
+    "TransportError",
+    "__version__",
+    "build_pipeline",
+    "diagnose",
+    "hookimpl",
+    "scheduler_clock",
+]
 
 logging.getLogger("jitterline").addHandler(logging.NullHandler())

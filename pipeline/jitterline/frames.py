@@ -66,9 +66,9 @@ class AudioFrame:
     sender's media clock. ``capture_wall_s`` and ``sent_wall_s`` are the sender's wall clock
     when the audio was captured and when the message left; their difference is server-side
     processing time, free of clock offset. ``playout_s`` is set by the jitter buffer when
-    the frame leaves it; ``concealed`` marks a frame it synthesised for a missing one. ``samples`` is filled by the decode stage (int16,
-    interleaved when ``channels`` > 1, read-only) and is left out of equality so that frames
-    compare by their wire content.
+    the frame leaves it; ``concealed`` marks a frame it synthesised for a missing one.
+    ``samples`` is filled by the decode stage (int16, interleaved when ``channels`` > 1,
+    read-only) and is left out of equality so that frames compare by their wire content.
     """
 
     stream_id: str

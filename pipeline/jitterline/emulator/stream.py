@@ -1,0 +1,181 @@
+"""The emulator's one live conversation, sans-I/O: which message leaves when.
+
+``LiveStream`` is given the time (``now_s``, monotonic seconds) and hands back the messages
+due by then, in send-time order; the server only moves them to whoever is connected. Frame
+``i`` is captured at ``t0 + i * frame_ms`` whether or not a client is there (the stream is
+live), so a frame due while nobody listens is simply not delivered.
+
+A frame's send time is capture + processing + network delay (``FrameFate``), and messages are
+released in send-time order, so a large jitter draw on one frame really lets later frames
+overtake it on the wire. The envelope timestamp is capture + processing: the moment the
+emulated server "sent" it, before the emulated network; the difference to the capture
+timestamp is therefore exactly the server delay the diagnosis looks for.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+from ..codecs import encode
+from ..errors import ConfigError
+from ..frames import Samples
+from ..protocols.appfoundry import audio_chunk_message
+from .impairments import FrameFate, ImpairmentModel, MalformedKind
+
+__all__ = ["LiveStream", "Outgoing", "OutgoingKind", "frames_for", "malformed_text"]
+
+OutgoingKind: TypeAlias = Literal["frame", "duplicate", "malformed", "disconnect"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One thing the server must do at ``due_s``: send ``text``, or drop the connection."""
+
+    kind: OutgoingKind
+    seq: int
+    due_s: float
+    text: str = ""
+
+
+class LiveStream:
+    """Generates frames on the capture clock and queues them by send time.
+
+    ``total_frames`` ends the stream (None: endless); ``finished`` is true once every
+    frame was generated and every queued message released. The queue holds only messages
+    not yet due, bounded by the model's delay cap.
+    """
+
+    def __init__(
+        self,
+        model: ImpairmentModel,
+        audio: Iterator[Samples],
+        *,
+        codec: str,
+        sample_rate: int,
+        total_frames: int | None = None,
+    ) -> None:
+        if total_frames is not None and total_frames < 1:
+            raise ConfigError(f"total_frames={total_frames} must be >= 1 or None (endless)")
+        self._model = model
+        self._audio = audio
+        self._codec = codec
+        self._sample_rate = sample_rate
+        self._frame_s = model.frame_ms / 1000.0
+        self.total_frames = total_frames
+        self._t0_s: float | None = None
+        self._t0_wall_s = 0.0
+        self._next_seq = 0
+        self._queue: list[tuple[float, int, Outgoing]] = []
+        self._pushed = 0
+        self.frames_generated = 0
+        self.frames_lost = 0
+
+    @property
+    def started(self) -> bool:
+        return self._t0_s is not None
+
+    @property
+    def finished(self) -> bool:
+        return self._all_generated and not self._queue
+
+    @property
+    def in_flight(self) -> int:
+        """Frames generated and not lost, whose send time has not come yet."""
+        return sum(1 for _, _, item in self._queue if item.kind == "frame")
+
+    @property
+    def _all_generated(self) -> bool:
+        return self.total_frames is not None and self._next_seq >= self.total_frames
+
+    def start(self, now_s: float, now_wall_s: float) -> None:
+        """Put frame 0's capture at ``now_s`` (and ``now_wall_s`` on the sender's clock)."""
+        if self._t0_s is not None:
+            raise ConfigError("the stream already started; a live stream starts once")
+        self._t0_s = now_s
+        self._t0_wall_s = now_wall_s
+
+    def capture_s(self, seq: int) -> float:
+        if self._t0_s is None:
+            raise ConfigError("the stream has not started; call start(now_s, now_wall_s)")
+        return self._t0_s + seq * self._frame_s
+
+    def next_due_s(self) -> float | None:
+        """When ``advance`` will next have something to do; None if never (or not started)."""
+        if self._t0_s is None or self.finished:
+            return None
+        candidates = [self._queue[0][0]] if self._queue else []
+        if not self._all_generated:
+            candidates.append(self.capture_s(self._next_seq))
+        return min(candidates)
+
+    def advance(self, now_s: float) -> list[Outgoing]:
+        """Capture every frame due by ``now_s``, then release every message due by then."""
+        if self._t0_s is None:
+            return []
+        while not self._all_generated and self.capture_s(self._next_seq) <= now_s:
+            self._generate(self._next_seq)
+            self._next_seq += 1
+        released: list[Outgoing] = []
+        while self._queue and self._queue[0][0] <= now_s:
+            released.append(heapq.heappop(self._queue)[2])
+        return released
+
+    def _generate(self, seq: int) -> None:
+        samples = next(self._audio)
+        fate = self._model.decide(seq)
+        self.frames_generated += 1
+        capture_s = self.capture_s(seq)
+        if fate.disconnect_before:
+            self._push(Outgoing("disconnect", seq, capture_s))
+        if fate.lost:
+            self.frames_lost += 1
+            return
+        text = self._chunk(seq, samples, fate)
+        due_s = capture_s + fate.send_offset_ms / 1000.0
+        if fate.malformed is not None:
+            self._push(Outgoing("malformed", seq, due_s, malformed_text(fate.malformed, text)))
+        self._push(Outgoing("frame", seq, due_s, text))
+        if fate.duplicate_after_ms is not None:
+            self._push(Outgoing("duplicate", seq, due_s + fate.duplicate_after_ms / 1000.0, text))
+
+    def _chunk(self, seq: int, samples: Samples, fate: FrameFate) -> str:
+        capture_wall_s = self._t0_wall_s + seq * self._frame_s
+        return audio_chunk_message(
+            encode(samples, self._codec),
+            seq=seq,
+            capture_wall_s=capture_wall_s,
+            sent_wall_s=capture_wall_s + fate.processing_ms / 1000.0,
+            codec=self._codec,
+            rate=self._sample_rate,
+            channels=1,
+        )
+
+    def _push(self, item: Outgoing) -> None:
+        # The push counter breaks ties: a malformed message precedes its frame.
+        heapq.heappush(self._queue, (item.due_s, self._pushed, item))
+        self._pushed += 1
+
+
+def malformed_text(kind: MalformedKind, chunk: str) -> str:
+    """A broken variant of a valid ``audio_chunk``, of the kind a real peer gets wrong."""
+    if kind == "non_json":
+        return chunk[: len(chunk) // 2]
+    envelope = json.loads(chunk)
+    payload = envelope["payload"]
+    if kind == "bad_base64":
+        payload["audio"] = "@@not*base64@@"
+    elif kind == "unknown_format":
+        payload["format"] = "G729"
+    else:
+        del payload["audio"], payload["timestamp"]
+    return json.dumps(envelope, separators=(",", ":"))
+
+
+def frames_for(duration_s: float, frame_ms: float) -> int:
+    """Whole frames covering ``duration_s`` (a partial last frame counts)."""
+    return max(1, math.ceil(round(duration_s * 1000.0 / frame_ms, 9)))

@@ -1,0 +1,289 @@
+"""The whole chain on virtual time: exact counters for a scripted network, bit-for-bit
+repeatability, custom operators, and plugin sinks (registered, entry-point, raising)."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from reactivex import Observable
+from reactivex import operators as ops
+from reactivex.notification import OnNext
+from reactivex.testing import ReactiveTest, TestScheduler
+
+from jitterline import (
+    AudioFrame,
+    Diagnosis,
+    Message,
+    PipelineConfig,
+    PluginHost,
+    Stats,
+    build_pipeline,
+    hookimpl,
+)
+from jitterline.protocols.appfoundry import audio_chunk_message
+
+START_S = 1.0
+SUBSCRIBE_S = 0.5
+FRAME_S = 0.02
+PCMU_SILENCE_20MS = b"\x7f" * 160
+FIXED_60 = PipelineConfig(buffer_policy="fixed", buffer_ms=60.0)
+
+
+def chunk(seq: int) -> str:
+    capture = 1_700_000_000.0 + seq * FRAME_S
+    return audio_chunk_message(
+        PCMU_SILENCE_20MS, seq=seq, capture_wall_s=capture, sent_wall_s=capture, codec="PCMU"
+    )
+
+
+def scripted_network() -> list[tuple[float, str]]:
+    """50 frames, 20 ms apart, through a network that reorders 10/11, duplicates 20, loses
+    the burst 30-33, delays 40 by 100 ms, and injects one malformed message."""
+    arrivals = [
+        (START_S + seq * FRAME_S, chunk(seq)) for seq in range(50) if seq not in range(30, 34)
+    ]
+    arrivals = [(t, m) for t, m in arrivals if '"seq":10,' not in m and '"seq":40,' not in m]
+    arrivals += [
+        (START_S + 11 * FRAME_S + 0.005, chunk(10)),  # after 11: reordered, still in time
+        (START_S + 20 * FRAME_S + 0.01, chunk(20)),  # duplicate
+        (START_S + 40 * FRAME_S + 0.1, chunk(40)),  # after its slot: late
+        (START_S + 25 * FRAME_S + 0.001, '{"type":"audio_chunk","payload":{"audio":"@@"}}'),
+    ]
+    return sorted(arrivals, key=lambda item: item[0])
+
+
+def run(
+    arrivals: list[tuple[float, str]],
+    end_s: float,
+    *,
+    host: PluginHost | None = None,
+    config: PipelineConfig = FIXED_60,
+    **kwargs: Any,
+) -> list[tuple[float, AudioFrame | Stats]]:
+    scheduler = TestScheduler()
+    # The stubs say int ticks; TestScheduler takes float seconds, which 20 ms frames need.
+    records = [ReactiveTest.on_next(t, Message(text, arrival_s=t)) for t, text in arrivals]  # type: ignore[arg-type]
+    source = scheduler.create_hot_observable(*records, ReactiveTest.on_completed(end_s))  # type: ignore[arg-type]
+    host = host or PluginHost(load_entrypoints=False)
+
+    def create() -> Observable[AudioFrame | Stats]:
+        return build_pipeline(
+            source, scheduler=scheduler, config=config, host=host, **kwargs
+        ).output
+
+    # TestScheduler treats 0 as "use the default" (100/200/1000), hence 0.25 and 0.5.
+    observer = scheduler.start(create, created=0.25, subscribed=SUBSCRIBE_S, disposed=end_s + 1)
+    return [(m.time, m.value.value) for m in observer.messages if isinstance(m.value, OnNext)]
+
+
+def final_stats(output: list[tuple[float, AudioFrame | Stats]]) -> Stats:
+    stats = [item for _, item in output if isinstance(item, Stats)]
+    return stats[-1]
+
+
+def played(output: list[tuple[float, AudioFrame | Stats]]) -> list[AudioFrame]:
+    return [item for _, item in output if isinstance(item, AudioFrame)]
+
+
+def test_scripted_network_gives_exact_counters() -> None:
+    output = run(scripted_network(), end_s=2.0)
+    counts = final_stats(output).frames
+
+    assert counts.received == 48  # 46 distinct frames + 1 duplicate + 1 malformed
+    assert counts.played == 43  # slots 0..47, less the 4-frame burst and late seq 40
+    assert counts.late == 1
+    assert counts.duplicate == 1
+    assert counts.overflow == 0
+    assert counts.malformed == 1
+    assert counts.unplayed == 2  # seqs 48 and 49 were still buffered at the end
+    assert counts.lost == 4  # 30..33 never arrived; 40 arrived, late
+    assert counts.concealed == 5  # 30..33 and 40
+    assert counts.reordered == 2  # 10 after 11, and late 40 after 45
+    assert counts.balanced
+
+
+def test_frames_leave_in_order_at_their_slot_on_virtual_time() -> None:
+    frames = played(run(scripted_network(), end_s=2.0))
+
+    assert [f.seq for f in frames] == list(range(48))
+    assert [f.seq for f in frames if f.concealed] == [30, 31, 32, 33, 40]
+    for frame in frames:
+        assert frame.playout_s == pytest.approx(START_S + 0.06 + frame.seq * FRAME_S)
+        assert frame.samples is not None and len(frame.samples) == 160
+
+
+def test_same_input_on_virtual_time_gives_identical_output() -> None:
+    first = run(scripted_network(), end_s=2.0)
+    second = run(scripted_network(), end_s=2.0)
+
+    assert first == second
+    assert [f.samples.tobytes() for f in played(first) if f.samples is not None] == [
+        f.samples.tobytes() for f in played(second) if f.samples is not None
+    ]
+
+
+def test_snapshots_arrive_once_a_second_and_last() -> None:
+    output = run(scripted_network(), end_s=2.2)
+    times = [t for t, item in output if isinstance(item, Stats)]
+
+    assert times == [SUBSCRIBE_S + 1.0, 2.2]
+    assert isinstance(output[-1][1], Stats)
+
+
+def test_a_custom_operator_between_stages_sees_every_decoded_frame() -> None:
+    seen: list[int] = []
+
+    def spy(frame: AudioFrame) -> None:
+        seen.append(frame.seq)
+
+    insert = {"decoded": [ops.do_action(spy)]}
+
+    run(scripted_network(), end_s=2.0, insert=insert)
+
+    assert len(seen) == 47  # 46 distinct + the duplicate; the malformed one never decodes
+    assert seen.index(11) < seen.index(10)
+
+
+class Recorder:
+    """A sink as a plugin author writes one."""
+
+    def __init__(self) -> None:
+        self.frames: list[int] = []
+        self.verdicts: list[str] = []
+        self.closed: list[Stats] = []
+
+    @hookimpl
+    def jitterline_frame_played(self, frame: AudioFrame) -> None:
+        self.frames.append(frame.seq)
+
+    @hookimpl
+    def jitterline_stats(self, diagnosis: Diagnosis) -> None:
+        self.verdicts.append(diagnosis.verdict)
+
+    @hookimpl
+    def jitterline_stream_closed(self, stats: Stats) -> None:
+        self.closed.append(stats)
+
+
+class Exploding:
+    @hookimpl
+    def jitterline_frame_played(self, frame: AudioFrame) -> None:
+        raise RuntimeError(f"sink broke on frame {frame.seq}")
+
+
+def test_a_registered_plugin_receives_frames_stats_and_the_final_snapshot() -> None:
+    recorder = Recorder()
+    host = PluginHost(load_entrypoints=False, plugins=[recorder])
+
+    output = run(scripted_network(), end_s=2.0, host=host)
+
+    assert recorder.frames == list(range(48))
+    assert len(recorder.verdicts) == 2
+    assert recorder.closed == [final_stats(output)]
+
+
+def test_a_raising_plugin_is_counted_and_the_stream_goes_on() -> None:
+    recorder = Recorder()
+    host = PluginHost(load_entrypoints=False, plugins=[recorder, Exploding()])
+
+    output = run(scripted_network(), end_s=2.0, host=host)
+
+    assert recorder.frames == list(range(48))
+    assert final_stats(output).frames.played == 43
+    [(plugin_failures)] = [n for (_, hook), n in host.failures.items() if hook.endswith("played")]
+    assert plugin_failures == 48
+
+
+@pytest.fixture
+def installed_plugin(tmp_path: Path) -> Iterator[str]:
+    """A real distribution on sys.path with a ``jitterline`` entry point, as pip would
+    leave it: importlib.metadata finds it exactly like an installed plugin."""
+    module = tmp_path / "probe_sink.py"
+    module.write_text(
+        textwrap.dedent(
+            """
+            from jitterline import hookimpl
+
+            class ProbeSink:
+                def __init__(self):
+                    self.frames = 0
+                    self.snapshots = 0
+
+                @hookimpl
+                def jitterline_frame_played(self, frame):
+                    self.frames += 1
+
+                @hookimpl
+                def jitterline_stats(self, stats):
+                    self.snapshots += 1
+
+            plugin = ProbeSink()
+            """
+        )
+    )
+    dist = tmp_path / "probe_sink-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: probe-sink\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[jitterline]\nprobe_sink = probe_sink:plugin\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        yield "probe_sink"
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("probe_sink", None)
+
+
+def test_an_entry_point_plugin_receives_frames_and_stats(installed_plugin: str) -> None:
+    host = PluginHost()
+    probe = host.pm.get_plugin(installed_plugin)
+    assert probe is not None
+
+    run(scripted_network(), end_s=2.0, host=host)
+
+    assert probe.frames == 48
+    assert probe.snapshots == 2
+    assert installed_plugin in {info.name for info in host.info() if info.enabled}
+
+
+def test_a_disabled_entry_point_plugin_is_listed_but_not_loaded(installed_plugin: str) -> None:
+    host = PluginHost(disabled=[installed_plugin])
+
+    assert host.pm.get_plugin(installed_plugin) is None
+    assert installed_plugin in {info.name for info in host.info() if not info.enabled}
+
+
+arrival_scripts = st.lists(
+    st.tuples(
+        st.integers(min_value=0, max_value=40),  # seq
+        st.floats(min_value=0.0, max_value=0.3),  # extra network delay, s
+        st.booleans(),  # malformed instead
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(arrival_scripts)
+def test_any_arrival_order_keeps_the_accounting_identity(
+    script: list[tuple[int, float, bool]],
+) -> None:
+    arrivals = sorted(
+        (
+            round(START_S + seq * FRAME_S + delay, 6),
+            '{"type":"audio_chunk"' if bad else chunk(seq),
+        )
+        for seq, delay, bad in script
+    )
+
+    counts = final_stats(run(arrivals, end_s=2.5)).frames
+
+    assert counts.balanced
+    assert counts.received == len(script)
+    assert counts.malformed == sum(bad for _, _, bad in script)
