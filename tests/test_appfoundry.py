@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dialect_testkit import JSON_VALUES, mostly, only_frame, parse_or_dialect_error
 from jitterline.errors import ConfigError, DialectError
 from jitterline.frames import AudioFrame, Message, StreamError, StreamOpened
 from jitterline.protocols import Dialect
@@ -54,12 +55,6 @@ def raw_chunk(drop: str = "", **payload: Any) -> str:
     base.update(payload)
     base.pop(drop, None)
     return json.dumps({"type": "audio_chunk", "timestamp": WALL_S, "payload": base})
-
-
-def only_frame(events: list[Any]) -> AudioFrame:
-    assert len(events) == 1
-    assert isinstance(events[0], AudioFrame)
-    return events[0]
 
 
 def test_dialect_satisfies_the_protocol() -> None:
@@ -272,14 +267,6 @@ def test_malformed_message_raises_dialect_error_and_stream_goes_on(data: str | b
     assert only_frame(stream.parse(message(chunk(seq=4)))).seq == 4
 
 
-_JSON_LEAVES = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
-JSON_VALUES = st.recursive(
-    _JSON_LEAVES,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
-    max_leaves=20,
-)
 PAYLOAD_FIELDS = {
     "audio": st.binary(max_size=4).map(lambda b: base64.b64encode(b * 4).decode()),
     "seq": st.integers(-1, 10),
@@ -293,39 +280,26 @@ PAYLOAD_FIELDS = {
 }
 
 
-def _mostly(valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    """Three draws in four from ``valid``, so that some envelopes parse all the way."""
-    return st.integers(0, 3).flatmap(lambda pick: valid if pick else JSON_VALUES)
-
-
 ENVELOPES = st.fixed_dictionaries(
     {
         "type": st.sampled_from(["audio_chunk"] * 3 + ["error", "initialize", "user_input"]),
         "payload": st.fixed_dictionaries(
-            {key: _mostly(PAYLOAD_FIELDS[key]) for key in ("audio", "timestamp")},
+            {key: mostly(PAYLOAD_FIELDS[key]) for key in ("audio", "timestamp")},
             optional={
-                key: _mostly(valid)
+                key: mostly(valid)
                 for key, valid in PAYLOAD_FIELDS.items()
                 if key not in ("audio", "timestamp")
             },
         ),
     },
-    optional={"timestamp": _mostly(PAYLOAD_FIELDS["timestamp"])},
+    optional={"timestamp": mostly(PAYLOAD_FIELDS["timestamp"])},
 )
-
-
-def _parse_or_dialect_error(stream: AppFoundryDialect, data: str | bytes) -> None:
-    try:
-        events = stream.parse(message(data))
-    except DialectError:
-        return
-    assert isinstance(events, list)
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.text())
 def test_arbitrary_text_raises_only_dialect_error(data: str) -> None:
-    _parse_or_dialect_error(dialect(), data)
+    parse_or_dialect_error(dialect(), message(data))
 
 
 @settings(max_examples=50, deadline=None)
@@ -338,14 +312,14 @@ def test_arbitrary_bytes_raise_only_dialect_error(data: bytes) -> None:
 @settings(max_examples=200, deadline=None)
 @given(JSON_VALUES)
 def test_arbitrary_json_raises_only_dialect_error(value: Any) -> None:
-    _parse_or_dialect_error(dialect(), json.dumps(value))
+    parse_or_dialect_error(dialect(), message(json.dumps(value)))
 
 
 @settings(max_examples=300, deadline=None)
 @given(ENVELOPES)
 def test_near_miss_envelopes_raise_only_dialect_error(envelope: dict[str, Any]) -> None:
     stream = dialect()
-    _parse_or_dialect_error(stream, json.dumps(envelope))
+    parse_or_dialect_error(stream, message(json.dumps(envelope)))
     assert only_frame(stream.parse(message(chunk(seq=1)))).seq == 1
 
 

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dialect_testkit import JSON_VALUES, mostly, only_frame, parse_or_dialect_error
 from jitterline.errors import ConfigError, DialectError
 from jitterline.frames import AudioFrame, Message, StreamClosed, StreamOpened
 from jitterline.protocols import Dialect
@@ -36,12 +37,6 @@ def message(data: str | bytes, arrival_s: float = 3.0) -> Message:
 
 def media(chunk: int = 2, timestamp_ms: int = 20, track: str = "inbound") -> str:
     return inbound_media_message(STREAM, chunk, timestamp_ms, ULAW_20MS, chunk + 1, track=track)
-
-
-def only_frame(events: list[Any]) -> AudioFrame:
-    assert len(events) == 1
-    assert isinstance(events[0], AudioFrame)
-    return events[0]
 
 
 def edited(text: str, path: tuple[str, ...], value: Any) -> str:
@@ -243,66 +238,43 @@ def test_malformed_message_raises_dialect_error_and_stream_goes_on(data: str | b
     assert only_frame(twilio.parse(message(media(chunk=8)))).seq == 7
 
 
-_JSON_LEAVES = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12)
-JSON_VALUES = st.recursive(
-    _JSON_LEAVES,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
-    max_leaves=20,
-)
-
-
-def _mostly(valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
-    """Three draws in four from ``valid``, so that some messages parse all the way."""
-    return st.integers(0, 3).flatmap(lambda pick: valid if pick else JSON_VALUES)
-
-
 _WIRE_INTS = st.integers(-1, 3) | st.integers(-1, 3).map(str)
 MEDIA = st.fixed_dictionaries(
     {
-        "chunk": _mostly(_WIRE_INTS),
-        "timestamp": _mostly(_WIRE_INTS),
-        "payload": _mostly(st.binary(max_size=3).map(lambda b: base64.b64encode(b).decode())),
+        "chunk": mostly(_WIRE_INTS),
+        "timestamp": mostly(_WIRE_INTS),
+        "payload": mostly(st.binary(max_size=3).map(lambda b: base64.b64encode(b).decode())),
     },
-    optional={"track": _mostly(st.sampled_from(["inbound", "outbound", "inbound_track"]))},
+    optional={"track": mostly(st.sampled_from(["inbound", "outbound", "inbound_track"]))},
 )
 START = st.fixed_dictionaries(
     {},
     optional={
-        "mediaFormat": _mostly(st.just({"encoding": "audio/x-mulaw", "sampleRate": 8000})),
+        "mediaFormat": mostly(st.just({"encoding": "audio/x-mulaw", "sampleRate": 8000})),
         "customParameters": JSON_VALUES,
         "callSid": JSON_VALUES,
     },
 )
 EVENTS = st.one_of(
     st.fixed_dictionaries(
-        {"event": st.just("media"), "streamSid": _mostly(st.just(STREAM)), "media": MEDIA}
+        {"event": st.just("media"), "streamSid": mostly(st.just(STREAM)), "media": MEDIA}
     ),
     st.fixed_dictionaries(
-        {"event": st.just("start"), "streamSid": _mostly(st.just(STREAM)), "start": START}
+        {"event": st.just("start"), "streamSid": mostly(st.just(STREAM)), "start": START}
     ),
     st.fixed_dictionaries(
         {
             "event": st.sampled_from(["connected", "stop", "dtmf", "mark", "clear"]),
-            "streamSid": _mostly(st.just(STREAM)),
+            "streamSid": mostly(st.just(STREAM)),
         }
     ),
 )
 
 
-def _parse_or_dialect_error(twilio: TwilioDialect, data: str | bytes) -> None:
-    try:
-        events = twilio.parse(message(data))
-    except DialectError:
-        return
-    assert isinstance(events, list)
-
-
 @settings(max_examples=200, deadline=None)
 @given(st.text())
 def test_arbitrary_text_raises_only_dialect_error(data: str) -> None:
-    _parse_or_dialect_error(TwilioDialect(), data)
+    parse_or_dialect_error(TwilioDialect(), message(data))
 
 
 @settings(max_examples=50, deadline=None)
@@ -315,14 +287,14 @@ def test_arbitrary_bytes_raise_only_dialect_error(data: bytes) -> None:
 @settings(max_examples=200, deadline=None)
 @given(JSON_VALUES)
 def test_arbitrary_json_raises_only_dialect_error(value: Any) -> None:
-    _parse_or_dialect_error(TwilioDialect(), json.dumps(value))
+    parse_or_dialect_error(TwilioDialect(), message(json.dumps(value)))
 
 
 @settings(max_examples=300, deadline=None)
 @given(EVENTS)
 def test_near_miss_messages_raise_only_dialect_error(document: dict[str, Any]) -> None:
     twilio = TwilioDialect(tracks=("inbound", "outbound"))
-    _parse_or_dialect_error(twilio, json.dumps(document))
+    parse_or_dialect_error(twilio, message(json.dumps(document)))
     assert only_frame(twilio.parse(message(media(chunk=2)))).seq == 1
 
 

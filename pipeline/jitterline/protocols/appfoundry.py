@@ -24,9 +24,6 @@ what JSON cannot carry (``ConfigError``).
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -35,6 +32,8 @@ from typing import Any
 from .. import codecs
 from ..errors import CodecError, ConfigError, DialectError
 from ..frames import AudioFrame, Event, Message, StreamError, StreamOpened
+from . import _jsontext
+from ._jsontext import short
 
 __all__ = [
     "FORMATS",
@@ -67,7 +66,13 @@ MAX_WALL_S = 1e11
 
 RATE_RANGE = (8000, 192000)
 CHANNEL_RANGE = (1, 8)
-_SHORT = 40
+_WORDING = _jsontext.Wording(
+    binary_note="the appfoundry dialect is JSON text only",
+    size_hint="raise the limit if the sender's chunks are really this large",
+    constant_hint="timestamps must be finite",
+    noun="envelope",
+    type_key="type",
+)
 
 
 class AppFoundryDialect:
@@ -89,17 +94,10 @@ class AppFoundryDialect:
         wall_clock: Callable[[], float],
         max_message_chars: int = MAX_MESSAGE_CHARS,
     ) -> None:
-        if (
-            not isinstance(max_message_chars, int)
-            or isinstance(max_message_chars, bool)
-            or max_message_chars <= 0
-        ):
-            raise ConfigError(
-                f"max_message_chars={max_message_chars!r} must be a positive int; "
-                f"the default is {MAX_MESSAGE_CHARS}"
-            )
+        self.max_message_chars = _jsontext.check_max_message_chars(
+            max_message_chars, MAX_MESSAGE_CHARS
+        )
         self.stream_id = stream_id
-        self.max_message_chars = max_message_chars
         self._wall_clock = wall_clock
         self._next_seq = 0
 
@@ -109,17 +107,17 @@ class AppFoundryDialect:
         return [initialize_message(session_id, metadata, now_wall_s=self._wall_clock())]
 
     def parse(self, message: Message) -> list[Event]:
-        envelope = _load_envelope(message, self.max_message_chars)
+        envelope = _jsontext.load_object(message, self.max_message_chars, _WORDING)
         kind = envelope["type"]
         if kind not in SERVER_TYPES:
             raise DialectError(
-                f"unknown appfoundry message type {_short(kind)}; a server sends "
+                f"unknown appfoundry message type {short(kind)}; a server sends "
                 f"{', '.join(SERVER_TYPES)}"
             )
         sent_wall_s = _optional_wall_s(envelope, "timestamp", f"{kind} envelope timestamp")
         payload = envelope.get("payload")
         if not isinstance(payload, dict):
-            raise DialectError(f"{kind} payload {_short(payload)} is not a JSON object")
+            raise DialectError(f"{kind} payload {short(payload)} is not a JSON object")
         if kind == "audio_chunk":
             return [self._audio_frame(payload, message, sent_wall_s)]
         if kind == "error":
@@ -160,17 +158,17 @@ class AppFoundryDialect:
     def _stream_error(self, payload: dict[str, Any], message: Message) -> StreamError:
         code = payload.get("code", "")
         if isinstance(code, bool) or not isinstance(code, (str, int)):
-            raise DialectError(f"error payload.code {_short(code)} is not a string or int")
+            raise DialectError(f"error payload.code {short(code)} is not a string or int")
         text = payload.get("message", "")
         if not isinstance(text, str):
-            raise DialectError(f"error payload.message {_short(text)} is not a string")
+            raise DialectError(f"error payload.message {short(text)} is not a string")
         return StreamError(self.stream_id, message.arrival_s, str(code), text)
 
     def _stream_opened(self, payload: dict[str, Any], message: Message) -> StreamOpened:
         session_id = payload.get("sessionId", self.stream_id or None)
         if not isinstance(session_id, str) or not session_id:
             raise DialectError(
-                f"initialize payload.sessionId {_short(session_id)} is not a non-empty string"
+                f"initialize payload.sessionId {short(session_id)} is not a non-empty string"
             )
         if session_id != self.stream_id:
             logger.debug("appfoundry session id %r learned from initialize", session_id)
@@ -207,7 +205,7 @@ def audio_chunk_message(
     channels: int = 1,
 ) -> str:
     """A server ``audio_chunk``; ``seq=None`` leaves ``seq`` out (the receiver numbers it)."""
-    payload: dict[str, Any] = {"audio": base64.b64encode(audio).decode("ascii")}
+    payload: dict[str, Any] = {"audio": _jsontext.b64_text(audio)}
     if seq is not None:
         payload["seq"] = seq
     payload.update(timestamp=capture_wall_s, format=codec, rate=rate, channels=channels)
@@ -221,39 +219,9 @@ def error_message(code: str | int, message: str, *, now_wall_s: float) -> str:
 
 def _envelope(kind: str, now_wall_s: float, payload: dict[str, Any]) -> str:
     document = {"type": kind, "timestamp": now_wall_s, "payload": payload}
-    try:
-        return json.dumps(document, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"cannot serialize appfoundry {kind}: {exc}; pass JSON values and finite numbers"
-        ) from exc
-
-
-def _load_envelope(message: Message, max_chars: int) -> dict[str, Any]:
-    """Decode the JSON envelope, turning every foreign error into ``DialectError``."""
-    data = message.data
-    if not isinstance(data, str):
-        raise DialectError(
-            f"binary message of {len(data)} bytes; the appfoundry dialect is JSON text only"
-        )
-    if len(data) > max_chars:
-        raise DialectError(
-            f"text message of {len(data)} chars exceeds max_message_chars={max_chars}; "
-            "raise the limit if the sender's chunks are really this large"
-        )
-    try:
-        document = json.loads(data, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise DialectError(f"message is not valid JSON: {_short(str(exc))}") from exc
-    if not isinstance(document, dict):
-        raise DialectError(f"envelope is a JSON {type(document).__name__}, not an object")
-    if not isinstance(document.get("type"), str):
-        raise DialectError(f"envelope type {_short(document.get('type'))} is not a string")
-    return document
-
-
-def _reject_constant(name: str) -> None:
-    raise DialectError(f"JSON constant {name} is not a number; timestamps must be finite")
+    return _jsontext.dumps(
+        document, what=f"appfoundry {kind}", advice="pass JSON values and finite numbers"
+    )
 
 
 def _optional_wall_s(container: dict[str, Any], key: str, label: str) -> float | None:
@@ -261,10 +229,10 @@ def _optional_wall_s(container: dict[str, Any], key: str, label: str) -> float |
         return None
     value = container[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise DialectError(f"{label} {_short(value)} is not a number of epoch seconds")
+        raise DialectError(f"{label} {short(value)} is not a number of epoch seconds")
     if not (math.isfinite(value) and 0 <= value <= MAX_WALL_S):
         raise DialectError(
-            f"{label}={_short(value)} is outside 0..{MAX_WALL_S:.0e} epoch seconds; "
+            f"{label}={short(value)} is outside 0..{MAX_WALL_S:.0e} epoch seconds; "
             "check that the sender uses seconds, not milliseconds"
         )
     return float(value)
@@ -275,10 +243,10 @@ def _bounded_int(
 ) -> int:
     value = payload.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise DialectError(f"audio_chunk payload.{key} {_short(value)} is not an integer")
+        raise DialectError(f"audio_chunk payload.{key} {short(value)} is not an integer")
     low, high = bounds
     if not low <= value <= high:
-        raise DialectError(f"audio_chunk payload.{key}={_short(value)} is outside {low}..{high}")
+        raise DialectError(f"audio_chunk payload.{key}={short(value)} is outside {low}..{high}")
     return value
 
 
@@ -286,22 +254,15 @@ def _format(payload: dict[str, Any]) -> str:
     codec = payload.get("format", FORMATS[0])
     if codec not in FORMATS:
         raise DialectError(
-            f"audio_chunk payload.format {_short(codec)} is not one of {', '.join(FORMATS)}"
+            f"audio_chunk payload.format {short(codec)} is not one of {', '.join(FORMATS)}"
         )
     return str(codec)
 
 
 def _audio(payload: dict[str, Any]) -> bytes:
-    text = payload.get("audio")
-    if not isinstance(text, str) or not text.isascii():
-        raise DialectError(f"audio_chunk payload.audio {_short(text)} is not a base64 string")
-    try:
-        audio = base64.b64decode(text, validate=True)
-    except binascii.Error as exc:
-        raise DialectError(f"audio_chunk payload.audio is not strict base64: {exc}") from exc
-    if not audio:
-        raise DialectError("audio_chunk payload.audio is empty; a chunk must carry audio")
-    return audio
+    return _jsontext.decode_audio(
+        payload.get("audio"), "audio_chunk payload.audio", empty_hint="a chunk must carry audio"
+    )
 
 
 def _duration_ms(audio: bytes, codec: str, rate: int, channels: int) -> float:
@@ -309,15 +270,3 @@ def _duration_ms(audio: bytes, codec: str, rate: int, channels: int) -> float:
         return codecs.duration_ms(len(audio), codec, rate, channels)
     except (CodecError, ConfigError) as exc:
         raise DialectError(f"audio_chunk payload.audio: {exc}") from exc
-
-
-def _short(value: object) -> str:
-    """A repr cut to a few dozen chars: error messages name the value, never echo a payload.
-
-    Containers are only described: their repr could be huge or nested deep enough to
-    exhaust the recursion limit.
-    """
-    if isinstance(value, (dict, list)):
-        return f"<JSON {'object' if isinstance(value, dict) else 'array'} of {len(value)}>"
-    text = repr(value[: _SHORT + 1] if isinstance(value, str) else value)
-    return text if len(text) <= _SHORT else text[: _SHORT - 3] + "..."

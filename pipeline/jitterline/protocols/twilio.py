@@ -24,9 +24,6 @@ decoded as noise.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -34,6 +31,8 @@ from typing import Any
 from .. import codecs
 from ..errors import ConfigError, DialectError
 from ..frames import AudioFrame, Event, Message, StreamClosed, StreamOpened
+from . import _jsontext
+from ._jsontext import short
 
 __all__ = [
     "CHANNELS",
@@ -69,7 +68,12 @@ MAX_MESSAGE_CHARS = 1_000_000
 MAX_WIRE_INT = 2**53
 _WIRE_INT = re.compile(r"[0-9]{1,16}")
 _IGNORED = ("connected", "dtmf", "mark")
-_SHORT = 40
+_WORDING = _jsontext.Wording(
+    binary_note="Twilio Media Streams send JSON text only",
+    size_hint="raise the limit if the peer is really Twilio",
+    noun="message",
+    type_key="event",
+)
 
 
 class TwilioDialect:
@@ -93,34 +97,27 @@ class TwilioDialect:
                 f"tracks={self.tracks!r} must be a non-empty selection of {TRACKS}; "
                 "use ('inbound',) for the caller's audio"
             )
-        if (
-            not isinstance(max_message_chars, int)
-            or isinstance(max_message_chars, bool)
-            or max_message_chars <= 0
-        ):
-            raise ConfigError(
-                f"max_message_chars={max_message_chars!r} must be a positive int; "
-                f"the default is {MAX_MESSAGE_CHARS}"
-            )
-        self.max_message_chars = max_message_chars
+        self.max_message_chars = _jsontext.check_max_message_chars(
+            max_message_chars, MAX_MESSAGE_CHARS
+        )
 
     def opening(self, session_id: str, metadata: Mapping[str, Any]) -> list[str | bytes]:
         """Nothing: Twilio opens the socket and speaks first (``connected``)."""
         return []
 
     def parse(self, message: Message) -> list[Event]:
-        document = _load(message, self.max_message_chars)
+        document = _jsontext.load_object(message, self.max_message_chars, _WORDING)
         event = document["event"]
         if event in _IGNORED:
             return []
         if event not in ("start", "media", "stop"):
             raise DialectError(
-                f"unknown Twilio event {_short(event)}; Twilio sends connected, start, "
+                f"unknown Twilio event {short(event)}; Twilio sends connected, start, "
                 "media, dtmf, mark and stop"
             )
         stream_sid = document.get("streamSid")
         if not isinstance(stream_sid, str) or not stream_sid:
-            raise DialectError(f"{event} streamSid {_short(stream_sid)} is not a non-empty string")
+            raise DialectError(f"{event} streamSid {short(stream_sid)} is not a non-empty string")
         if event == "start":
             return [_stream_opened(stream_sid, _object(document, event), message)]
         if event == "stop":
@@ -130,7 +127,7 @@ class TwilioDialect:
     def _media(self, stream_sid: str, media: dict[str, Any], message: Message) -> list[Event]:
         track = media.get("track", "inbound")
         if not isinstance(track, str):
-            raise DialectError(f"media.track {_short(track)} is not a string")
+            raise DialectError(f"media.track {short(track)} is not a string")
         if track not in self.tracks:
             return []
         chunk = _wire_int(media.get("chunk"), "media.chunk", low=1)
@@ -156,7 +153,7 @@ def _stream_opened(stream_sid: str, start: dict[str, Any], message: Message) -> 
     _check_media_format(media_format)
     custom = start.get("customParameters", {})
     if not isinstance(custom, dict):
-        raise DialectError(f"start.customParameters {_short(custom)} is not a JSON object")
+        raise DialectError(f"start.customParameters {short(custom)} is not a JSON object")
     info = {
         "callSid": start.get("callSid"),
         "accountSid": start.get("accountSid"),
@@ -169,18 +166,24 @@ def _stream_opened(stream_sid: str, start: dict[str, Any], message: Message) -> 
 
 def _check_media_format(media_format: object) -> None:
     if not isinstance(media_format, dict):
-        raise DialectError(f"start.mediaFormat {_short(media_format)} is not a JSON object")
+        raise DialectError(f"start.mediaFormat {short(media_format)} is not a JSON object")
     for key, expected in MEDIA_FORMAT.items():
         if media_format.get(key) != expected:
             raise DialectError(
-                f"start.mediaFormat.{key}={_short(media_format.get(key))}, expected "
+                f"start.mediaFormat.{key}={short(media_format.get(key))}, expected "
                 f"{expected!r}; Media Streams only carry µ-law 8 kHz mono"
             )
 
 
 def media_message(stream_sid: str, payload: bytes) -> str:
     """Audio for Twilio to play to the caller (bidirectional streams): µ-law 8 kHz mono."""
-    return _dumps({"event": "media", "streamSid": stream_sid, "media": {"payload": _b64(payload)}})
+    return _dumps(
+        {
+            "event": "media",
+            "streamSid": stream_sid,
+            "media": {"payload": _jsontext.b64_text(payload)},
+        }
+    )
 
 
 def mark_message(stream_sid: str, name: str) -> str:
@@ -240,7 +243,7 @@ def inbound_media_message(
         "track": track,
         "chunk": str(chunk),
         "timestamp": str(timestamp_ms),
-        "payload": _b64(payload),
+        "payload": _jsontext.b64_text(payload),
     }
     return _dumps(
         {
@@ -278,50 +281,14 @@ def stop_message(
     )
 
 
-def _b64(payload: bytes) -> str:
-    return base64.b64encode(payload).decode("ascii")
-
-
 def _dumps(document: dict[str, Any]) -> str:
-    try:
-        return json.dumps(document, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"cannot serialize Twilio {document['event']}: {exc}; pass JSON values"
-        ) from exc
-
-
-def _load(message: Message, max_chars: int) -> dict[str, Any]:
-    """Decode the JSON message, turning every foreign error into ``DialectError``."""
-    data = message.data
-    if not isinstance(data, str):
-        raise DialectError(
-            f"binary message of {len(data)} bytes; Twilio Media Streams send JSON text only"
-        )
-    if len(data) > max_chars:
-        raise DialectError(
-            f"text message of {len(data)} chars exceeds max_message_chars={max_chars}; "
-            "raise the limit if the peer is really Twilio"
-        )
-    try:
-        document = json.loads(data, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:
-        raise DialectError(f"message is not valid JSON: {_short(str(exc))}") from exc
-    if not isinstance(document, dict):
-        raise DialectError(f"message is a JSON {type(document).__name__}, not an object")
-    if not isinstance(document.get("event"), str):
-        raise DialectError(f"message event {_short(document.get('event'))} is not a string")
-    return document
-
-
-def _reject_constant(name: str) -> None:
-    raise DialectError(f"JSON constant {name} is not a number")
+    return _jsontext.dumps(document, what=f"Twilio {document['event']}", advice="pass JSON values")
 
 
 def _object(document: dict[str, Any], key: str) -> dict[str, Any]:
     value = document.get(key)
     if not isinstance(value, dict):
-        raise DialectError(f"{key} message has {key}={_short(value)}, not a JSON object")
+        raise DialectError(f"{key} message has {key}={short(value)}, not a JSON object")
     return value
 
 
@@ -332,31 +299,13 @@ def _wire_int(value: object, where: str, *, low: int) -> int:
     elif isinstance(value, int) and not isinstance(value, bool):
         number = value
     else:
-        raise DialectError(f"{where} {_short(value)} is not a decimal integer string")
+        raise DialectError(f"{where} {short(value)} is not a decimal integer string")
     if not low <= number <= MAX_WIRE_INT:
         raise DialectError(f"{where}={number} is outside {low}..{MAX_WIRE_INT}")
     return number
 
 
 def _audio(text: object) -> bytes:
-    if not isinstance(text, str) or not text.isascii():
-        raise DialectError(f"media.payload {_short(text)} is not a base64 string")
-    try:
-        audio = base64.b64decode(text, validate=True)
-    except binascii.Error as exc:
-        raise DialectError(f"media.payload is not strict base64: {exc}") from exc
-    if not audio:
-        raise DialectError("media.payload is empty; a media message must carry audio")
-    return audio
-
-
-def _short(value: object) -> str:
-    """A repr cut to a few dozen chars: error messages name the value, never echo a payload.
-
-    Containers are only described: their repr could be huge or nested deep enough to
-    exhaust the recursion limit.
-    """
-    if isinstance(value, (dict, list)):
-        return f"<JSON {'object' if isinstance(value, dict) else 'array'} of {len(value)}>"
-    text = repr(value[: _SHORT + 1] if isinstance(value, str) else value)
-    return text if len(text) <= _SHORT else text[: _SHORT - 3] + "..."
+    return _jsontext.decode_audio(
+        text, "media.payload", empty_hint="a media message must carry audio"
+    )
