@@ -1,0 +1,32 @@
+"""The WebSocket side: OAuth tokens, backoff, send rate limiting and the dial-out session.
+
+``Session`` keeps one stream alive (reconnect with capped, jittered backoff; Retry-After;
+ping/pong; a bounded outbound queue); ``TokenProvider`` gets Genesys Cloud client-credentials
+tokens. The helpers are sans-I/O so they can be tested on virtual time.
+"""
+
+from __future__ import annotations
+
+from .backoff import MAX_RETRY_AFTER_S, BackoffPolicy, ReconnectSchedule, parse_retry_after
+from .ratelimit import TokenBucket
+from .session import FATAL_CLOSE_CODES, IO_TIMEOUT_S, Session, SessionDiagnostics
+from .tokens import REGION_DOMAINS, Secret, TokenProvider, resolve_auth_url
+from .urls import is_loopback_host, redact_url
+
+__all__ = [
+    "FATAL_CLOSE_CODES",
+    "IO_TIMEOUT_S",
+    "MAX_RETRY_AFTER_S",
+    "REGION_DOMAINS",
+    "BackoffPolicy",
+    "ReconnectSchedule",
+    "Secret",
+    "Session",
+    "SessionDiagnostics",
+    "TokenBucket",
+    "TokenProvider",
+    "is_loopback_host",
+    "parse_retry_after",
+    "redact_url",
+    "resolve_auth_url",
+]
