@@ -20,41 +20,10 @@ import pytest
 from jitterline.emulator import Emulator
 from jitterline.errors import AuthError, ConfigError, RateLimited, TransportError
 from jitterline.transport import REGION_DOMAINS, Secret, TokenProvider, resolve_auth_url
+from transport_testkit import SELF_SIGNED_PEM, FakeClock
 
 CLIENT_ID = "jitterline-demo"
 SECRET = "canary-secret-7f3a91"
-
-
-# A throwaway self-signed certificate for 127.0.0.1 (EC P-256, valid to 2126) and its key:
-# test data, not a secret. No trust store holds it, so a client that verifies TLS must refuse.
-SELF_SIGNED_PEM = """\
------BEGIN PRIVATE KEY-----
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgDiVge77f6WEwRBKN
-uO6aBNvo5RYGo4c6Pv8MXlSsKtChRANCAAQur8gl/9DX7Ni8bda7eVPdcxGqn6Ea
-CM3v+5+ZfGaReRZDJ3r8GcSVMKJkM5C/DDtcMy1hCkw9vqUMA6msW76W
------END PRIVATE KEY-----
------BEGIN CERTIFICATE-----
-MIIBkDCCATagAwIBAgIUSvWoJ4d8E4lTOhfX6bbKWj1RGAYwCgYIKoZIzj0EAwIw
-FDESMBAGA1UEAwwJMTI3LjAuMC4xMCAXDTI2MTEyNTEwMDc1MloYDzIxMjYxMTAx
-MTAwNzUyWjAUMRIwEAYDVQQDDAkxMjcuMC4wLjEwWTATBgcqhkjOPQIBBggqhkjO
-PQMBBwNCAAQur8gl/9DX7Ni8bda7eVPdcxGqn6EaCM3v+5+ZfGaReRZDJ3r8GcSV
-MKJkM5C/DDtcMy1hCkw9vqUMA6msW76Wo2QwYjAdBgNVHQ4EFgQUKT4Mn6VnmErq
-//VGvAhMjPX1j30wHwYDVR0jBBgwFoAUKT4Mn6VnmErq//VGvAhMjPX1j30wDwYD
-VR0TAQH/BAUwAwEB/zAPBgNVHREECDAGhwR/AAABMAoGCCqGSM49BAMCA0gAMEUC
-IQDTEdNpYROMHV5bg/UmrypHVYvYs7zfU4PMd+d9Ql9DDwIgd/buC3Ez11JHEP5t
-yAD2FRC7WhldbI1Hh5WaBVJuj60=
------END CERTIFICATE-----
-"""
-
-
-class FakeClock:
-    """Monotonic seconds that only move when the test says so."""
-
-    def __init__(self) -> None:
-        self.now_s = 1000.0
-
-    def __call__(self) -> float:
-        return self.now_s
 
 
 @pytest.fixture
@@ -65,7 +34,7 @@ def emulator() -> Iterator[Emulator]:
 
 @pytest.fixture
 def provider(emulator: Emulator) -> Iterator[tuple[TokenProvider, FakeClock]]:
-    clock = FakeClock()
+    clock = FakeClock(start_s=1000.0)
     tokens = TokenProvider(emulator.auth_url, CLIENT_ID, SECRET, margin_s=60.0, clock=clock)
     yield tokens, clock
     tokens.close()
@@ -100,7 +69,7 @@ def test_token_is_renewed_once_it_is_within_the_margin_of_expiry(
 
 
 def test_token_shorter_lived_than_twice_the_margin_is_renewed_at_half_life() -> None:
-    clock = FakeClock()
+    clock = FakeClock(start_s=1000.0)
     with Emulator(client_id=CLIENT_ID, client_secret=SECRET, token_lifetime_s=30.0) as emu:
         tokens = TokenProvider(emu.auth_url, CLIENT_ID, SECRET, margin_s=60.0, clock=clock)
         first = tokens.token()
