@@ -18,6 +18,7 @@ from reactivex.notification import OnNext
 from reactivex.testing import ReactiveTest, TestScheduler
 
 from jitterline import (
+    Alert,
     AudioFrame,
     Diagnosis,
     Message,
@@ -287,3 +288,23 @@ def test_any_arrival_order_keeps_the_accounting_identity(
     assert counts.balanced
     assert counts.received == len(script)
     assert counts.malformed == sum(bad for _, _, bad in script)
+
+
+class AlertRecorder:
+    def __init__(self) -> None:
+        self.alerts: list[tuple[str, str]] = []
+
+    @hookimpl
+    def jitterline_alert(self, alert: Alert) -> None:
+        self.alerts.append((alert.kind, alert.severity))
+
+
+def test_a_verdict_change_raises_one_alert() -> None:
+    recorder = Recorder()
+    alerts = AlertRecorder()
+    host = PluginHost(load_entrypoints=False, plugins=[recorder, alerts])
+
+    run(scripted_network(), end_s=2.0, host=host)
+
+    assert recorder.verdicts == ["healthy", "loss"]  # 4 of 48 slots lost by the end
+    assert alerts.alerts == [("verdict_changed", "warning")]

@@ -30,6 +30,7 @@ from reactivex import operators as ops
 from reactivex.disposable import CompositeDisposable
 
 from .diagnosis import Diagnosis, diagnose
+from .errors import ConfigError
 from .frames import Alert, AudioFrame, ConnectionEvent, Event, Message, Stats
 from .plugins import PluginHost
 from .stream import PipelineConfig, StreamProcessor
@@ -188,21 +189,23 @@ def snapshots(
     return operator
 
 
-def sinks(
-    proc: StreamProcessor, host: PluginHost
-) -> Operator[AudioFrame | Stats, AudioFrame | Stats]:
-    """Hand played frames and snapshots to the plugins; alert when the verdict changes;
-    tell them the stream closed, with the final snapshot, on completion."""
-    state: dict[str, Any] = {"verdict": None, "last": None}
+class _Sinks:
+    """Hands played frames and snapshots to the plugins, alerts when the verdict changes,
+    and tells them the stream closed, with the final snapshot, on completion."""
 
-    def on_item(item: AudioFrame | Stats) -> None:
+    def __init__(self, proc: StreamProcessor, host: PluginHost) -> None:
+        self.proc = proc
+        self.host = host
+        self.last: tuple[Stats, Diagnosis] | None = None
+
+    def on_item(self, item: AudioFrame | Stats) -> None:
         if isinstance(item, AudioFrame):
-            host.notify("jitterline_frame_played", frame=item)
+            self.host.notify("jitterline_frame_played", frame=item)
             return
         diagnosis = diagnose(item)
-        state["last"] = (item, diagnosis)
-        host.notify("jitterline_stats", stats=item, diagnosis=diagnosis)
-        if state["verdict"] not in (None, diagnosis.verdict):
+        previous, self.last = self.last, (item, diagnosis)
+        self.host.notify("jitterline_stats", stats=item, diagnosis=diagnosis)
+        if previous is not None and previous[1].verdict != diagnosis.verdict:
             alert = Alert(
                 kind="verdict_changed",
                 message=diagnosis.summary,
@@ -210,20 +213,25 @@ def sinks(
                 severity="info" if diagnosis.verdict == "healthy" else "warning",
                 values=dict(diagnosis.evidence),
             )
-            host.notify("jitterline_alert", alert=alert)
-        state["verdict"] = diagnosis.verdict
+            self.host.notify("jitterline_alert", alert=alert)
 
-    def on_completed() -> None:
-        if state["last"] is not None:
-            stats, diagnosis = state["last"]
-            host.notify(
+    def on_completed(self) -> None:
+        if self.last is not None:
+            stats, diagnosis = self.last
+            self.host.notify(
                 "jitterline_stream_closed",
-                stream_id=proc.stream_id,
+                stream_id=self.proc.stream_id,
                 stats=stats,
                 diagnosis=diagnosis,
             )
 
-    return ops.do_action(on_item, on_completed=on_completed)
+
+def sinks(
+    proc: StreamProcessor, host: PluginHost
+) -> Operator[AudioFrame | Stats, AudioFrame | Stats]:
+    """The plugin hooks as the chain's last stage; items pass through unchanged."""
+    sink = _Sinks(proc, host)
+    return ops.do_action(sink.on_item, on_completed=sink.on_completed)
 
 
 @dataclass(slots=True)
@@ -270,8 +278,6 @@ def build_pipeline(
     extra = dict(insert or {})
     unknown = set(extra) - {"decoded", "measured", "played"}
     if unknown:
-        from .errors import ConfigError
-
         raise ConfigError(
             f"unknown insert point(s) {sorted(unknown)}; use decoded, measured or played"
         )
