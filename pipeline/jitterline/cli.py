@@ -1,33 +1,83 @@
-"""The ``jitterline`` command.
+"""The ``jitterline`` command: demo, run, replay, plugins.
 
-Exit codes are an interface: 0 done, 2 usage error, 3 authentication failed, 4 gave up
-after the maximum reconnect attempts, 130 interrupted (after a clean shutdown).
+Exit codes are an interface: 0 done, 1 the stream failed for another reason (TLS, a fatal
+close code), 2 usage error (bad option, unreadable capture), 3 authentication failed, 4 gave
+up after the maximum reconnect attempts, 130 interrupted (after a clean shutdown, with the
+summary printed). Errors are one line on stderr; ``--debug`` adds the traceback.
+
+Output: the live status and the diagnosis in words go to stderr, the JSON summary to
+stdout (or ``--json FILE``), so ``jitterline demo > summary.json`` just works.
+Credentials come only from the environment (``JITTERLINE_CLIENT_ID``,
+``JITTERLINE_CLIENT_SECRET``), never from argv, where ``ps`` and shell history would show
+them.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 from . import __version__
-from .errors import JitterlineError
-from .plugins import PluginHost
+from .emulator import PROFILES, Emulator
+from .errors import AuthError, ConfigError, ConnectionLost, JitterlineError
+from .live import RunResult, SessionOptions, replay, run_live
+from .plugins import DISABLE_ENV, PluginHost
+from .status import make_status
+from .stream import PipelineConfig
+from .summary import render, summarize
+from .transport import BackoffPolicy, TokenProvider
 
-__all__ = ["EXIT_AUTH", "EXIT_GAVE_UP", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "main"]
+__all__ = [
+    "AUTH_URL_ENV",
+    "CLIENT_ID_ENV",
+    "CLIENT_SECRET_ENV",
+    "EXIT_AUTH",
+    "EXIT_FAILED",
+    "EXIT_GAVE_UP",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "main",
+]
 
 EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_AUTH = 3
 EXIT_GAVE_UP = 4
 EXIT_INTERRUPTED = 130
 
+CLIENT_ID_ENV = "JITTERLINE_CLIENT_ID"
+CLIENT_SECRET_ENV = "JITTERLINE_CLIENT_SECRET"
+AUTH_URL_ENV = "JITTERLINE_AUTH_URL"
+
+DEMO_GRACE_S = 5.0
+"""How long ``demo`` waits past ``--duration`` for the emulator to end the stream itself
+(the slow-server profile sends its last frame late, flaky ones reconnect)."""
+
+DEMO_PING_INTERVAL_S = 1.0
+"""Pings once a second in the demo, so even a short run measures an RTT."""
+
+DEMO_BACKOFF = BackoffPolicy(initial_s=0.2, max_s=2.0)
+"""The demo's endpoint is local and always comes back: reconnect quickly, so the flaky
+profile shows short gaps rather than the seconds a real service's backoff would wait."""
+
 log = logging.getLogger(__name__)
 
+Handler = Callable[[argparse.Namespace, PluginHost], int]
 
-def _plugins(args: argparse.Namespace) -> int:
-    host = PluginHost(disabled=args.disable)
+
+# -- commands -------------------------------------------------------------------------------
+
+
+def _plugins(args: argparse.Namespace, host: PluginHost) -> int:
     for info in host.info():
         state = "enabled" if info.enabled else "disabled"
         origin = f" ({info.distribution})" if info.distribution else ""
@@ -37,39 +87,399 @@ def _plugins(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _parser() -> argparse.ArgumentParser:
+def _demo(args: argparse.Namespace, host: PluginHost) -> int:
+    config = _config(args, dialect="appfoundry")
+    emulator = Emulator(PROFILES[args.profile], seed=args.seed, duration_s=args.duration)
+    with emulator:
+        options = SessionOptions(
+            url=emulator.ws_url,
+            tokens=TokenProvider(emulator.auth_url, emulator.client_id, emulator.client_secret),
+            max_attempts=args.max_attempts,
+            duration_s=args.duration + DEMO_GRACE_S,
+            ping_interval_s=DEMO_PING_INTERVAL_S,
+            backoff=DEMO_BACKOFF,
+        )
+        source = {"command": "demo", "profile": args.profile, "seed": args.seed}
+        result = _live(args, host, options, config, source)
+    return _report(args, result, {**source, "duration_s": args.duration})
+
+
+def _run(args: argparse.Namespace, host: PluginHost) -> int:
+    config = _config(args, dialect=args.dialect)
+    options = SessionOptions(
+        url=args.url,
+        tokens=_tokens(args),
+        max_attempts=args.max_attempts,
+        allow_insecure=args.allow_insecure,
+        duration_s=args.duration,
+    )
+    from .transport import redact_url
+
+    source = {"command": "run", "url": redact_url(args.url), "dialect": args.dialect}
+    result = _live(args, host, options, config, source)
+    return _report(args, result, source)
+
+
+def _replay(args: argparse.Namespace, host: PluginHost) -> int:
+    overrides = {
+        "buffer_policy": args.buffer_policy,
+        "buffer_ms": args.buffer_ms,
+        "min_buffer_ms": args.min_buffer_ms,
+        "max_buffer_ms": args.max_buffer_ms,
+        "window_frames": args.window_frames,
+        "window_s": args.window_s,
+    }
+    _configure_plugins(args, host)
+    header, result = replay(Path(args.capture), host=host, overrides=overrides)
+    run = {"command": "replay", "capture": str(args.capture), "recorded": header.source}
+    return _report(args, result, run)
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _config(args: argparse.Namespace, *, dialect: str) -> PipelineConfig:
+    defaults = PipelineConfig()
+    return PipelineConfig(
+        dialect=dialect,
+        buffer_policy=args.buffer_policy or defaults.buffer_policy,
+        buffer_ms=args.buffer_ms,
+        min_buffer_ms=_given(args.min_buffer_ms, defaults.min_buffer_ms),
+        max_buffer_ms=_given(args.max_buffer_ms, defaults.max_buffer_ms),
+        window_frames=_given(args.window_frames, defaults.window_frames),
+        window_s=_given(args.window_s, defaults.window_s),
+    )
+
+
+def _given(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _tokens(args: argparse.Namespace) -> TokenProvider | None:
+    client_id = os.environ.get(CLIENT_ID_ENV, "")
+    secret = os.environ.get(CLIENT_SECRET_ENV, "")
+    if not client_id and not secret:
+        log.warning(
+            "%s and %s are not set: connecting without a bearer token",
+            CLIENT_ID_ENV,
+            CLIENT_SECRET_ENV,
+        )
+        return None
+    if not client_id or not secret:
+        missing = CLIENT_ID_ENV if not client_id else CLIENT_SECRET_ENV
+        raise ConfigError(
+            f"{missing} is not set; set both {CLIENT_ID_ENV} and {CLIENT_SECRET_ENV}"
+        )
+    auth = args.auth_url or os.environ.get(AUTH_URL_ENV) or args.region
+    if not auth:
+        raise ConfigError(
+            f"no auth server: pass --auth-url URL or --region NAME, or set {AUTH_URL_ENV}"
+        )
+    return TokenProvider(auth, client_id, secret)
+
+
+def _configure_plugins(args: argparse.Namespace, host: PluginHost) -> None:
+    host.call("jitterline_configure", options=dict(vars(args)))
+
+
+def _live(
+    args: argparse.Namespace,
+    host: PluginHost,
+    options: SessionOptions,
+    config: PipelineConfig,
+    source: dict[str, Any],
+) -> RunResult:
+    _configure_plugins(args, host)
+    return run_live(
+        options,
+        config=config,
+        host=host,
+        status=None if args.quiet else make_status(sys.stderr),
+        record=None if args.record is None else Path(args.record),
+        source=source,
+    )
+
+
+def _report(args: argparse.Namespace, result: RunResult, run: dict[str, Any]) -> int:
+    code = _exit_code(result)
+    if result.messages > 0 or result.outcome is None:
+        diagnosis = result.diagnosis
+        print(f"diagnosis: {diagnosis.verdict}: {diagnosis.summary}", file=sys.stderr)
+        print(f"action: {diagnosis.action}", file=sys.stderr)
+        _write_summary(args, render(summarize(result.stats, diagnosis, run=run)))
+    if result.outcome is not None:
+        print(f"jitterline: error: {result.outcome}", file=sys.stderr)
+    elif result.interrupted:
+        print("jitterline: interrupted; summary above is up to the interruption", file=sys.stderr)
+    return code
+
+
+def _write_summary(args: argparse.Namespace, text: str) -> None:
+    if args.json is None:
+        print(text)
+        return
+    try:
+        Path(args.json).write_text(text + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the summary to {args.json!r} ({exc.strerror}); pick a writable path"
+        ) from exc
+
+
+def _exit_code(result: RunResult) -> int:
+    outcome = result.outcome
+    if isinstance(outcome, AuthError):
+        return EXIT_AUTH
+    if isinstance(outcome, ConnectionLost):
+        return EXIT_GAVE_UP
+    if outcome is not None:
+        return EXIT_FAILED
+    return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
+
+
+@contextmanager
+def _enabled_in_env(enable: Sequence[str]) -> Iterator[None]:
+    """``--enable`` beats ``JITTERLINE_DISABLE_PLUGINS``: the host reads that variable
+    itself, so the named plugins are taken out of it while the host is built."""
+    saved = os.environ.get(DISABLE_ENV)
+    if saved is None or not enable:
+        yield
+        return
+    wanted = {name.strip() for name in enable}
+    os.environ[DISABLE_ENV] = ",".join(n for n in saved.split(",") if n.strip() not in wanted)
+    try:
+        yield
+    finally:
+        os.environ[DISABLE_ENV] = saved
+
+
+def _host(argv: Sequence[str]) -> PluginHost:
+    pre = argparse.ArgumentParser(add_help=False)
+    _plugin_switches(pre)
+    known, _ = pre.parse_known_args(argv)
+    with _enabled_in_env(known.enable):
+        return PluginHost(disabled=[n for n in known.disable if n not in known.enable])
+
+
+# -- the parser -----------------------------------------------------------------------------
+
+_FORMATTER = argparse.RawDescriptionHelpFormatter
+
+
+def _plugin_switches(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--disable",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"block a plugin (repeatable; also {DISABLE_ENV}=a,b)",
+    )
+    parser.add_argument(
+        "--enable",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help=f"load a plugin even if {DISABLE_ENV} blocks it (repeatable)",
+    )
+
+
+def _common(parser: argparse.ArgumentParser, host: PluginHost) -> None:
+    """Options of every stream command: buffer, window, output, logging, plugins."""
+    buffer = parser.add_argument_group("jitter buffer and latency window")
+    buffer.add_argument(
+        "--buffer-policy",
+        choices=list(host.policies),
+        help="how the buffer target is sized (default: adaptive)",
+    )
+    buffer.add_argument(
+        "--buffer-ms", type=float, metavar="MS", help="initial buffer target, or the fixed one"
+    )
+    buffer.add_argument("--min-buffer-ms", type=float, metavar="MS", help="lowest target (20)")
+    buffer.add_argument("--max-buffer-ms", type=float, metavar="MS", help="highest target (1000)")
+    buffer.add_argument(
+        "--window-frames", type=int, metavar="N", help="latency window size in frames (500)"
+    )
+    buffer.add_argument(
+        "--window-s", type=float, metavar="S", help="latency window age limit in seconds (10)"
+    )
+    output = parser.add_argument_group("output")
+    output.add_argument("--json", metavar="FILE", help="write the JSON summary to FILE")
+    output.add_argument(
+        "--log-level",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity on stderr (default: warning)",
+    )
+    output.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    _plugin_switches(parser)
+    host.call("jitterline_add_options", parser=parser)
+
+
+def _live_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--record", metavar="FILE", help="write every raw message to FILE (JSON Lines capture)"
+    )
+    parser.add_argument(
+        "--max-attempts",
+        type=int,
+        default=10,
+        metavar="N",
+        help="give up (exit 4) after N connection attempts in a row fail (default: 10)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no live status display")
+
+
+DEMO_EXAMPLES = """examples:
+  jitterline demo                                   # 10 s on a clean link
+  jitterline demo --profile wifi --duration 5
+  jitterline demo --profile clean --buffer-policy fixed --buffer-ms 400
+  jitterline demo --profile lossy --record lossy.jsonl --json summary.json
+profiles:
+""" + "\n".join(f"  {name:12s}{imp.description}" for name, imp in PROFILES.items())
+
+RUN_EXAMPLES = f"""credentials come only from the environment:
+  {CLIENT_ID_ENV}, {CLIENT_SECRET_ENV}; auth server from --auth-url, {AUTH_URL_ENV}
+  or --region
+examples:
+  export {CLIENT_ID_ENV}=... {CLIENT_SECRET_ENV}=...
+  jitterline run wss://audio.example.com/stream --region eu-west-1
+  jitterline run wss://audio.example.com/stream --auth-url https://login.mypurecloud.ie \\
+      --duration 60 --record call.jsonl
+  jitterline run ws://127.0.0.1:8765/stream --dialect twilio
+"""
+
+REPLAY_EXAMPLES = """examples:
+  jitterline demo --profile wifi --record wifi.jsonl && jitterline replay wifi.jsonl
+  jitterline replay call.jsonl --buffer-policy fixed --buffer-ms 120   # what if?
+"""
+
+
+def _parser(host: PluginHost) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jitterline",
         description="Resilient real-time audio stream pipeline for WebSocket voice streams.",
+        epilog="start with: jitterline demo",
     )
     parser.add_argument("--version", action="version", version=f"jitterline {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="stream from a local emulated endpoint through the pipeline",
+        description="Start the local endpoint with an impairment profile, connect the full\n"
+        "pipeline to it, show a live status, then print the diagnosis (stderr) and the\n"
+        "JSON summary (stdout).",
+        epilog=DEMO_EXAMPLES,
+        formatter_class=_FORMATTER,
+    )
+    demo.add_argument(
+        "--profile",
+        default="clean",
+        choices=list(PROFILES),
+        help="impairment profile (clean; see below)",
+    )
+    demo.add_argument(
+        "--duration", type=_positive, default=10.0, metavar="S", help="seconds of audio (10)"
+    )
+    demo.add_argument("--seed", type=int, default=0, metavar="N", help="impairment seed (0)")
+    _live_options(demo)
+    _common(demo, host)
+    demo.set_defaults(handler=_demo)
+
+    run = commands.add_parser(
+        "run",
+        help="stream from a real endpoint",
+        description="Connect the pipeline to a WebSocket endpoint until it ends the stream,\n"
+        "--duration passes, or Ctrl-C (clean shutdown; the summary is still printed).",
+        epilog=RUN_EXAMPLES,
+        formatter_class=_FORMATTER,
+    )
+    run.add_argument("url", help="wss:// URL (ws:// only to loopback unless --allow-insecure)")
+    run.add_argument("--dialect", default="appfoundry", choices=list(host.dialects))
+    run.add_argument("--auth-url", metavar="URL", help=f"OAuth base URL (or {AUTH_URL_ENV})")
+    run.add_argument("--region", metavar="NAME", help="Genesys Cloud region, e.g. eu-west-1")
+    run.add_argument(
+        "--duration", type=_positive, metavar="S", help="stop after S seconds (default: never)"
+    )
+    run.add_argument(
+        "--allow-insecure",
+        action="store_true",
+        help="allow cleartext ws:// to a non-loopback host (logs a warning)",
+    )
+    _live_options(run)
+    _common(run, host)
+    run.set_defaults(handler=_run)
+
+    rep = commands.add_parser(
+        "replay",
+        help="run a capture through the pipeline on virtual time",
+        description="Replay a --record capture as fast as the CPU allows; without buffer\n"
+        "options it prints the same summary and diagnosis as the recorded run.",
+        epilog=REPLAY_EXAMPLES,
+        formatter_class=_FORMATTER,
+    )
+    rep.add_argument("capture", help="a JSON Lines file written by --record")
+    _common(rep, host)
+    rep.set_defaults(handler=_replay)
+
     plugins = commands.add_parser(
         "plugins",
         help="list installed plugins and their hooks",
-        description="List the installed plugins, the hooks each implements, and whether "
+        description="List the installed plugins, the hooks each implements, and whether\n"
         "it is enabled.",
-        epilog="example: jitterline plugins --disable wav_sink",
+        epilog="examples:\n  jitterline plugins\n  jitterline plugins --disable wav_sink",
+        formatter_class=_FORMATTER,
     )
-    plugins.add_argument(
-        "--disable", action="append", default=[], metavar="NAME", help="block a plugin"
-    )
+    _plugin_switches(plugins)
     plugins.set_defaults(handler=_plugins)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return EXIT_USAGE
+def _positive(text: str) -> float:
     try:
-        code: int = args.handler(args)
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number of seconds")
+    return value
+
+
+def _setup_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("jitterline").setLevel(level.upper())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in arguments
+    try:
+        host = _host(arguments)
+        parser = _parser(host)
+        args = parser.parse_args(arguments)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        _setup_logging(getattr(args, "log_level", "warning"))
+        handler: Handler = args.handler
+        return handler(args, host)
     except JitterlineError as exc:
-        print(f"jitterline: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    return code
+        _explain(exc, debug)
+        return EXIT_AUTH if isinstance(exc, AuthError) else EXIT_USAGE
+    except KeyboardInterrupt:
+        print("jitterline: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: still one line, unless --debug asks for more
+        _explain(exc, debug, prefix=f"internal error ({type(exc).__name__}): ")
+        return EXIT_FAILED
+
+
+def _explain(exc: BaseException, debug: bool, prefix: str = "") -> None:
+    if debug:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    print(f"jitterline: error: {prefix}{exc}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -130,6 +130,7 @@ class StreamProcessor:
             capacity_frames=config.capacity_frames,
             conceal=config.conceal,
         )
+        self._target_ms = self.adjuster.target_ms
         self.connection = ConnectionStats()
         self.lock = threading.RLock()
         self.malformed = 0
@@ -172,16 +173,22 @@ class StreamProcessor:
     # -- measure, adjust, play out ------------------------------------------------------
 
     def measure(self, frame: AudioFrame) -> AudioFrame:
-        """Feed the latency window and let the adjuster retarget the buffer."""
-        measure = self.window.observe(frame)
-        self.buffer.set_target_delay(self.adjuster.observe(measure))
+        """Feed the latency window and let the adjuster pick the next buffer target."""
+        self._target_ms = self.adjuster.observe(self.window.observe(frame))
         return frame
 
     def playout(self, frame: AudioFrame) -> list[AudioFrame]:
-        """File a frame; returns what played up to its arrival."""
+        """File a frame; returns what played up to its arrival.
+
+        The slots due before the arrival play out under the old target, and only then
+        does the new one apply: which target a slot gets depends on arrival times alone,
+        never on how the periodic ticks fell, so a replay matches the live run.
+        """
         if self.closed:
             return []
-        return self.buffer.push(frame)
+        played = self.buffer.pop_due(frame.arrival_s)
+        self.buffer.set_target_delay(self._target_ms)
+        return played + self.buffer.push(frame)
 
     def tick(self, now: float) -> list[AudioFrame]:
         """Play what is due at ``now`` minus the guard (see ``PipelineConfig``)."""

@@ -40,8 +40,8 @@ class WavSink:
 
     @hookimpl
     def jitterline_configure(self, options: Mapping[str, Any]) -> None:
-        if options.get("wav") is not None:
-            self.path = Path(options["wav"])
+        if "wav" in options:  # each CLI run says; no --wav means no file this run
+            self.path = None if options["wav"] is None else Path(options["wav"])
 
     @hookimpl
     def jitterline_frame_played(self, frame: AudioFrame) -> None:
