@@ -340,6 +340,6 @@ PROFILES: Mapping[str, Impairments] = MappingProxyType(
     )
 )
 """Named profiles, tuned against the CLI's diagnosis thresholds (loss >= 3 %, RFC 3550
-jitter >= 20 ms, server delay >= 150 ms): clean and flaky diagnose healthy (flaky may show
-loss from its drops), wifi and congested network jitter, lossy loss, slow-server server
-delay. Each profile's ``description`` says what it models."""
+jitter >= 20 ms, server delay >= 150 ms): clean diagnoses healthy, wifi and congested
+network jitter, lossy and flaky loss (flaky's frames due while reconnecting never arrive),
+slow-server server delay. Each profile's ``description`` says what it models."""
