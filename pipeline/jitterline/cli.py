@@ -19,8 +19,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -237,28 +236,11 @@ def _exit_code(result: RunResult) -> int:
     return EXIT_INTERRUPTED if result.interrupted else EXIT_OK
 
 
-@contextmanager
-def _enabled_in_env(enable: Sequence[str]) -> Iterator[None]:
-    """``--enable`` beats ``JITTERLINE_DISABLE_PLUGINS``: the host reads that variable
-    itself, so the named plugins are taken out of it while the host is built."""
-    saved = os.environ.get(DISABLE_ENV)
-    if saved is None or not enable:
-        yield
-        return
-    wanted = {name.strip() for name in enable}
-    os.environ[DISABLE_ENV] = ",".join(n for n in saved.split(",") if n.strip() not in wanted)
-    try:
-        yield
-    finally:
-        os.environ[DISABLE_ENV] = saved
-
-
 def _host(argv: Sequence[str]) -> PluginHost:
     pre = argparse.ArgumentParser(add_help=False)
     _plugin_switches(pre)
     known, _ = pre.parse_known_args(argv)
-    with _enabled_in_env(known.enable):
-        return PluginHost(disabled=[n for n in known.disable if n not in known.enable])
+    return PluginHost(disabled=known.disable, enabled=known.enable)
 
 
 # -- the parser -----------------------------------------------------------------------------

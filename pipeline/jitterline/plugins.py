@@ -2,7 +2,8 @@
 
 Built-in plugins load through the same ``jitterline`` entry-point group as third-party
 ones. ``JITTERLINE_DISABLE_PLUGINS`` (comma-separated names) and ``disabled=`` block
-plugins by name before they are imported, so a broken plugin can always be switched off.
+plugins by name before they are imported, so a broken plugin can always be switched off;
+``enabled=`` (the CLI's ``--enable``) overrides both.
 
 Notification hooks are not called through pluggy's all-or-nothing ``hook(...)``: a
 raising implementation there would stop the plugins after it. ``PluginHost.notify``
@@ -57,13 +58,15 @@ class PluginHost:
         plugins: Iterable[object] = (),
         load_entrypoints: bool = True,
         disabled: Iterable[str] = (),
+        enabled: Iterable[str] = (),
     ) -> None:
         self.pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
         self.pm.add_hookspecs(hookspecs)
         env_disabled = os.environ.get(DISABLE_ENV, "")
-        self.disabled = frozenset(
-            name.strip() for name in (*disabled, *env_disabled.split(",")) if name.strip()
-        )
+        named = (*disabled, *env_disabled.split(","))
+        self.disabled = frozenset(n.strip() for n in named if n.strip()) - {
+            n.strip() for n in enabled
+        }
         for name in self.disabled:
             self.pm.set_blocked(name)
         if load_entrypoints:
