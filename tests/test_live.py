@@ -45,3 +45,7 @@ def test_lifecycle_events_reach_plugins_through_a_drop_and_reconnect() -> None:
     assert result.stats.connection.reconnects == 1
     assert result.stats.frames.balanced
     assert result.stats.frames.played > 50
+    assert result.session is not None  # the session's own side of the snapshot
+    assert result.session.reconnects == 1
+    assert result.session.messages_in >= result.stats.frames.received
+    assert not result.session.connected  # closed for good at the end

@@ -37,7 +37,7 @@ from .plugins import PluginHost
 from .stages import Pipeline, build_pipeline, scheduler_clock
 from .status import StatusDisplay
 from .stream import PipelineConfig
-from .transport import BackoffPolicy, Session, TokenProvider
+from .transport import BackoffPolicy, Session, SessionDiagnostics, TokenProvider
 
 __all__ = ["EPOCH", "RunClock", "RunResult", "SessionOptions", "replay", "run_live"]
 
@@ -84,6 +84,7 @@ class RunResult:
     outcome: JitterlineError | None = None
     interrupted: bool = False
     messages: int = 0
+    session: SessionDiagnostics | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +250,7 @@ class _LiveRun:
             outcome=session.outcome,
             interrupted=interrupted,
             messages=session.diagnostics().messages_in,
+            session=session.diagnostics(),
         )
 
 
