@@ -31,7 +31,7 @@ from .plugins import DISABLE_ENV, PluginHost
 from .status import make_status
 from .stream import PipelineConfig
 from .summary import render, summarize
-from .transport import BackoffPolicy, TokenProvider
+from .transport import BackoffPolicy, TokenProvider, redact_url
 
 __all__ = [
     "AUTH_URL_ENV",
@@ -112,24 +112,14 @@ def _run(args: argparse.Namespace, host: PluginHost) -> int:
         allow_insecure=args.allow_insecure,
         duration_s=args.duration,
     )
-    from .transport import redact_url
-
     source = {"command": "run", "url": redact_url(args.url), "dialect": args.dialect}
     result = _live(args, host, options, config, source)
     return _report(args, result, source)
 
 
 def _replay(args: argparse.Namespace, host: PluginHost) -> int:
-    overrides = {
-        "buffer_policy": args.buffer_policy,
-        "buffer_ms": args.buffer_ms,
-        "min_buffer_ms": args.min_buffer_ms,
-        "max_buffer_ms": args.max_buffer_ms,
-        "window_frames": args.window_frames,
-        "window_s": args.window_s,
-    }
     _configure_plugins(args, host)
-    header, result = replay(Path(args.capture), host=host, overrides=overrides)
+    header, result = replay(Path(args.capture), host=host, overrides=_pipeline_options(args))
     run = {"command": "replay", "capture": str(args.capture), "recorded": header.source}
     return _report(args, result, run)
 
@@ -137,21 +127,25 @@ def _replay(args: argparse.Namespace, host: PluginHost) -> int:
 # -- helpers --------------------------------------------------------------------------------
 
 
+_PIPELINE_OPTIONS = (
+    "buffer_policy",
+    "buffer_ms",
+    "min_buffer_ms",
+    "max_buffer_ms",
+    "window_frames",
+    "window_s",
+)
+
+
+def _pipeline_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``PipelineConfig`` fields the user set; the others keep their defaults (or, on
+    replay, the recorded values)."""
+    given = {name: getattr(args, name) for name in _PIPELINE_OPTIONS}
+    return {name: value for name, value in given.items() if value is not None}
+
+
 def _config(args: argparse.Namespace, *, dialect: str) -> PipelineConfig:
-    defaults = PipelineConfig()
-    return PipelineConfig(
-        dialect=dialect,
-        buffer_policy=args.buffer_policy or defaults.buffer_policy,
-        buffer_ms=args.buffer_ms,
-        min_buffer_ms=_given(args.min_buffer_ms, defaults.min_buffer_ms),
-        max_buffer_ms=_given(args.max_buffer_ms, defaults.max_buffer_ms),
-        window_frames=_given(args.window_frames, defaults.window_frames),
-        window_s=_given(args.window_s, defaults.window_s),
-    )
-
-
-def _given(value: Any, default: Any) -> Any:
-    return default if value is None else value
+    return PipelineConfig(dialect=dialect, **_pipeline_options(args))
 
 
 def _tokens(args: argparse.Namespace) -> TokenProvider | None:

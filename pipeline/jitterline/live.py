@@ -285,7 +285,7 @@ def replay(
     120 ms buffer have done better?"); without them the result equals the live run's.
     """
     header, records = read_capture(path)
-    config = _override(header.config, overrides or {})
+    config = replace(header.config, **(overrides or {}))
     scheduler = HistoricalScheduler(EPOCH)
     subject: Subject[Message] = Subject()
     pipeline = build_pipeline(
@@ -305,11 +305,6 @@ def replay(
         raise ConfigError(f"capture {str(path)!r} did not complete; it may be truncated")
     stats = tail.last
     return header, RunResult(stats=stats, diagnosis=diagnose(stats), messages=feeder.messages)
-
-
-def _override(config: PipelineConfig, overrides: dict[str, Any]) -> PipelineConfig:
-    given = {name: value for name, value in overrides.items() if value is not None}
-    return replace(config, **given) if given else config
 
 
 class _Feeder:
@@ -336,9 +331,7 @@ class _Feeder:
         if record is None:
             self._scheduler.schedule_absolute(self._at(self._last_s), self._end_action(None))
             return
-        at_s = record.at_s if isinstance(record, (CaptureEnd, ConnectionEvent)) else 0.0
-        if isinstance(record, Message):
-            at_s = record.arrival_s
+        at_s = record.arrival_s if isinstance(record, Message) else record.at_s
         self._last_s = max(self._last_s, at_s)
         if isinstance(record, CaptureEnd):
             self._scheduler.schedule_absolute(self._at(at_s), self._end_action(record))
