@@ -107,7 +107,7 @@ def diagnose(stats: Stats, thresholds: Thresholds = Thresholds()) -> Diagnosis:
 
 def _evidence(stats: Stats, limits: Thresholds) -> dict[str, float]:
     latency = stats.latency
-    rtt_ms = latency.rtt_ms if latency.rtt_ms is not None else stats.connection.rtt_ms
+    rtt_ms = stats.rtt_ms
     measured: dict[str, float | None] = {
         "frames": float(latency.frames),
         "loss_rate": stats.frames.loss_rate,

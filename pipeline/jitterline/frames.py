@@ -278,6 +278,12 @@ class Stats:
     buffer: BufferStats = field(default_factory=BufferStats)
     connection: ConnectionStats = field(default_factory=ConnectionStats)
 
+    @property
+    def rtt_ms(self) -> float | None:
+        """The stream's RTT: the latency window's (dialect pongs or the session's pings
+        fed into it), else the transport's own reading."""
+        return self.latency.rtt_ms if self.latency.rtt_ms is not None else self.connection.rtt_ms
+
 
 @dataclass(frozen=True, slots=True)
 class Alert:

@@ -52,7 +52,7 @@ def status_fields(state: str, stats: Stats | None) -> list[tuple[str, str]]:
     if stats is None:
         return [("state", state), ("frames", "waiting for audio")]
     frames, latency, buffer = stats.frames, stats.latency, stats.buffer
-    rtt = latency.rtt_ms if latency.rtt_ms is not None else stats.connection.rtt_ms
+    rtt = stats.rtt_ms
     return [
         ("state", state),
         ("frames", f"{frames.received} received, {frames.played} played"),

@@ -218,14 +218,11 @@ class StreamProcessor:
             level_ms=self.buffer.level_ms,
             policy=adjusted.policy,
         )
-        latency = self.window.snapshot(now)
-        if latency.rtt_ms is None and self.connection.rtt_ms is not None:
-            latency = replace(latency, rtt_ms=self.connection.rtt_ms)
         return Stats(
             at_s=now,
             stream_id=self.stream_id,
             frames=frames,
-            latency=latency,
+            latency=self.window.snapshot(now),
             buffer=buffer,
             connection=self.connection,
         )

@@ -36,7 +36,6 @@ def summarize(
     """The summary of a final snapshot and its diagnosis (see docs/cli.md for each key)."""
     frames, latency, buffer = stats.frames, stats.latency, stats.buffer
     connection = stats.connection
-    rtt_ms = latency.rtt_ms if latency.rtt_ms is not None else connection.rtt_ms
     return {
         "schema_version": SCHEMA_VERSION,
         "stream_id": stats.stream_id,
@@ -80,7 +79,7 @@ def summarize(
             "reconnects": connection.reconnects,
             "token_refreshes": connection.token_refreshes,
             "rate_limited": connection.rate_limited,
-            "rtt_ms": _num(rtt_ms),
+            "rtt_ms": _num(stats.rtt_ms),
         },
         "diagnosis": {
             "verdict": diagnosis.verdict,
