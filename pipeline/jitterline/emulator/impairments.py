@@ -285,22 +285,26 @@ _PROFILE_LIST = (
     ),
     Impairments(
         base_delay_ms=5.0,
-        jitter_ms=30.0,
+        jitter_ms=40.0,
         loss_in_good=0.003,
-        description="home Wi-Fi: exponential jitter of mean 30 ms (RFC 3550 ~30 ms), 0.3 % "
-        "random loss, frequent small reorders",
+        # On the wire (in-order TCP sends) RFC 3550 jitter lands near 25 ms: a margin
+        # above the 20 ms verdict threshold even for a 3 s run.
+        description="home Wi-Fi: exponential jitter of mean 40 ms (RFC 3550 ~25-40 ms), "
+        "0.3 % random loss, frequent small reorders",
     ),
     Impairments(
         base_delay_ms=60.0,
         jitter_ms=40.0,
         jitter_distribution="pareto",
         p_good_to_bad=0.002,
-        p_bad_to_good=0.3,
-        loss_in_bad=0.5,
-        loss_in_good=0.005,
+        p_bad_to_good=0.5,
+        loss_in_bad=0.3,
+        loss_in_good=0.003,
         duplicate_rate=0.002,
+        # Loss stays a side effect here (at most 1.3 % over any seed's first 3 s), well
+        # under the 3 % loss verdict, so the verdict names the jitter this profile is about.
         description="congested WAN: 60 ms base delay plus heavy-tailed (Pareto) queueing "
-        "jitter of mean 40 ms, ~1 % loss in short bursts",
+        "jitter of mean 40 ms, ~0.5 % loss, partly in short bursts",
     ),
     Impairments(
         base_delay_ms=5.0,
