@@ -67,7 +67,7 @@ def jitterline_register_buffer_policies(
 
 @hookspec
 def jitterline_add_options(parser: argparse.ArgumentParser) -> None:
-    """Add command-line options to ``demo``, ``run``, ``serve`` and ``replay``. Prefix
+    """Add command-line options to ``demo``, ``run`` and ``replay``. Prefix
     them with your plugin's name (``--wav``, ``--metrics-port``)."""
 
 
