@@ -216,13 +216,15 @@ class FakeTerminal(io.StringIO):
 
 
 def test_status_is_plain_lines_when_not_a_terminal_or_rich_is_missing(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert isinstance(make_status(io.StringIO()), PlainStatus)
     assert isinstance(make_status(FakeTerminal()), RichStatus)
+    assert not caplog.records
 
     monkeypatch.setitem(sys.modules, "rich.live", None)  # import fails like a missing extra
     assert isinstance(make_status(FakeTerminal()), PlainStatus)
+    assert ["jitterline[live]" in r.getMessage() for r in caplog.records] == [True]
 
 
 def test_plain_status_line_shows_state_loss_jitter_buffer_and_reconnects() -> None:

@@ -12,6 +12,7 @@ connection events from the session) and only keep the latest of each.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from typing import Any, Protocol, TextIO
 from .frames import ConnectionEvent, Stats
 
 __all__ = ["PlainStatus", "RichStatus", "StatusDisplay", "make_status", "status_fields"]
+
+log = logging.getLogger(__name__)
 
 _STATES = {
     "connecting": "connecting",
@@ -171,6 +174,9 @@ def make_status(stream: TextIO, *, every_s: float = 2.0) -> StatusDisplay:
     if stream.isatty():
         try:
             return RichStatus(stream)
-        except ImportError:
-            pass  # the optional "live" extra is missing: plain lines do the job
+        except ImportError:  # the optional "live" extra is missing: plain lines do the job
+            log.warning(
+                "rich is not installed: status as plain lines; "
+                "pip install 'jitterline[live]' for the live table"
+            )
     return PlainStatus(stream, every_s=every_s)
