@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,9 @@ from jitterline import (
     build_pipeline,
     hookimpl,
 )
-from jitterline.protocols.appfoundry import audio_chunk_message
+from jitterline.frames import Event
+from jitterline.protocols import DialectFactory
+from jitterline.protocols.appfoundry import AppFoundryDialect, audio_chunk_message
 
 START_S = 1.0
 SUBSCRIBE_S = 0.5
@@ -308,3 +311,47 @@ def test_a_verdict_change_raises_one_alert() -> None:
 
     assert recorder.verdicts == ["healthy", "loss"]  # 4 of 48 slots lost by the end
     assert alerts.alerts == [("verdict_changed", "warning")]
+
+
+class BrittleDialect:
+    """A third-party dialect with bugs: it raises KeyError on one message and names a
+    codec nobody registered on another; the rest it hands to the appfoundry parser."""
+
+    name = "brittle"
+
+    def __init__(self) -> None:
+        self.inner = AppFoundryDialect(wall_clock=lambda: 0.0)
+
+    def parse(self, message: Message) -> list[Event]:
+        if message.data == "boom":
+            raise KeyError("payload")
+        events = self.inner.parse(message)
+        if message.data == chunk(5):
+            return [replace(e, codec="OPUS") if isinstance(e, AudioFrame) else e for e in events]
+        return events
+
+    def opening(self, session_id: str, metadata: Mapping[str, Any]) -> list[str | bytes]:
+        return []
+
+
+class BrittlePlugin:
+    @hookimpl
+    def jitterline_register_dialects(
+        self, register: Callable[[str, DialectFactory], None]
+    ) -> None:
+        register("brittle", BrittleDialect)
+
+
+def test_a_plugin_dialect_that_breaks_its_contract_costs_one_message_each() -> None:
+    host = PluginHost(load_entrypoints=False, plugins=[BrittlePlugin()])
+    arrivals = [(START_S + seq * FRAME_S, chunk(seq)) for seq in range(20)]
+    arrivals.append((START_S + 0.101, "boom"))
+    config = PipelineConfig(dialect="brittle", buffer_policy="fixed", buffer_ms=60.0)
+
+    # The stream ends just after seq 19's slot (1.0 + 0.06 + 19 * 0.02 = 1.44 s).
+    counts = final_stats(run(sorted(arrivals), end_s=1.45, host=host, config=config)).frames
+
+    assert counts.malformed == 2  # the KeyError and the unknown OPUS codec
+    assert counts.played == 19
+    assert counts.concealed == counts.lost == 1  # seq 5's slot
+    assert counts.balanced

@@ -17,7 +17,7 @@ from typing import Literal
 
 from .adjuster import BufferAdjuster, BufferPolicy
 from .codecs import Codec
-from .errors import CodecError, ConfigError, DialectError
+from .errors import ConfigError, JitterlineError
 from .frames import (
     AudioFrame,
     BufferStats,
@@ -140,11 +140,16 @@ class StreamProcessor:
     # -- decode -------------------------------------------------------------------------
 
     def decode(self, message: Message) -> list[Event]:
-        """Parse and decode one message; bad input becomes a counted ``Malformed``."""
+        """Parse and decode one message; bad input becomes a counted ``Malformed``.
+
+        Anything a dialect or codec raises is caught here, not only the ``DialectError``
+        and ``CodecError`` of its contract: a plugin's bug, or a codec name no plugin
+        registered, must cost one message, never the stream (DESIGN.md, invariant 3).
+        """
         try:
             events = self.dialect.parse(message)
             return [self._decoded(e) if isinstance(e, AudioFrame) else e for e in events]
-        except (DialectError, CodecError) as exc:
+        except Exception as exc:
             return [self._malformed(exc, message.arrival_s)]
 
     def _decoded(self, frame: AudioFrame) -> AudioFrame:
@@ -159,7 +164,10 @@ class StreamProcessor:
         if kind not in self._logged_kinds and len(self._logged_kinds) < _MAX_LOGGED_KINDS:
             self._logged_kinds.add(kind)
             log.warning(
-                "skipping malformed message (%s); more of this kind are only counted", detail
+                "skipping malformed message (%s); more of this kind are only counted",
+                detail,
+                # Our own errors describe the input; anything else is a bug worth a trace.
+                exc_info=None if isinstance(exc, JitterlineError) else exc,
             )
         return Malformed(kind=kind, detail=detail, arrival_s=arrival_s)
 
