@@ -314,8 +314,9 @@ def test_a_verdict_change_raises_one_alert() -> None:
 
 
 class BrittleDialect:
-    """A third-party dialect with bugs: it raises KeyError on one message and names a
-    codec nobody registered on another; the rest it hands to the appfoundry parser."""
+    """A third-party dialect with bugs: it raises KeyError on one message, names a codec
+    nobody registered on another, and gives a third no duration; the rest it hands to the
+    appfoundry parser."""
 
     name = "brittle"
 
@@ -328,6 +329,10 @@ class BrittleDialect:
         events = self.inner.parse(message)
         if message.data == chunk(5):
             return [replace(e, codec="OPUS") if isinstance(e, AudioFrame) else e for e in events]
+        if message.data == chunk(7):
+            return [
+                replace(e, duration_ms=0.0) if isinstance(e, AudioFrame) else e for e in events
+            ]
         return events
 
     def opening(self, session_id: str, metadata: Mapping[str, Any]) -> list[str | bytes]:
@@ -351,7 +356,7 @@ def test_a_plugin_dialect_that_breaks_its_contract_costs_one_message_each() -> N
     # The stream ends just after seq 19's slot (1.0 + 0.06 + 19 * 0.02 = 1.44 s).
     counts = final_stats(run(sorted(arrivals), end_s=1.45, host=host, config=config)).frames
 
-    assert counts.malformed == 2  # the KeyError and the unknown OPUS codec
-    assert counts.played == 19
-    assert counts.concealed == counts.lost == 1  # seq 5's slot
+    assert counts.malformed == 3  # the KeyError, the unknown OPUS codec, the 0 ms frame
+    assert counts.played == 18
+    assert counts.concealed == counts.lost == 2  # the slots of seqs 5 and 7
     assert counts.balanced

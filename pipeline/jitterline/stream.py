@@ -10,6 +10,7 @@ results on virtual time and live.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -17,7 +18,7 @@ from typing import Literal
 
 from .adjuster import BufferAdjuster, BufferPolicy
 from .codecs import Codec
-from .errors import ConfigError, JitterlineError
+from .errors import ConfigError, DialectError, JitterlineError
 from .frames import (
     AudioFrame,
     BufferStats,
@@ -153,6 +154,11 @@ class StreamProcessor:
             return [self._malformed(exc, message.arrival_s)]
 
     def _decoded(self, frame: AudioFrame) -> AudioFrame:
+        if not (math.isfinite(frame.duration_ms) and frame.duration_ms > 0):
+            # The jitter buffer's clock advances by durations: refuse what would stall it.
+            raise DialectError(
+                f"frame {frame.seq} lasts duration_ms={frame.duration_ms}; it must be > 0"
+            )
         samples = self.codecs.get(frame.codec).decode(frame.payload)
         stream_id = frame.stream_id or self.stream_id
         return replace(frame, samples=samples, stream_id=stream_id)
