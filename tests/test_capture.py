@@ -122,6 +122,14 @@ def test_a_file_that_is_not_a_capture_is_refused_with_its_line(tmp_path: Path) -
         read_capture(path)
 
 
+def test_a_binary_file_is_refused_as_not_text(tmp_path: Path) -> None:
+    path = tmp_path / "audio.wav"
+    path.write_bytes(b"RIFF\xff\xfe\x00\x00WAVE")
+
+    with pytest.raises(ConfigError, match="line 1 is not UTF-8 text"):
+        read_capture(path)
+
+
 def test_a_broken_record_names_its_line(tmp_path: Path) -> None:
     path = tmp_path / "y.jsonl"
     write(path, [Message("a", arrival_s=0.1)], end_s=1.0)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import threading
 from collections.abc import Iterator, Mapping
@@ -144,16 +145,29 @@ def read_capture(path: Path) -> tuple[CaptureHeader, Iterator[CaptureRecord]]:
         raise ConfigError(
             f"cannot read capture {str(path)!r} ({exc.strerror}); give a file written by --record"
         ) from exc
-    first = handle.readline()
-    header = _header(path, _load(path, 1, first))
+    try:
+        header = _header(path, _load(path, 1, _line(path, 1, handle)))
+    except ConfigError:
+        handle.close()
+        raise
     return header, _records(path, handle)
 
 
 def _records(path: Path, handle: IO[str]) -> Iterator[CaptureRecord]:
     with handle:
-        for number, text in enumerate(handle, start=2):
+        for number in itertools.count(2):
+            text = _line(path, number, handle)
+            if not text:
+                return
             if text.strip():
                 yield _record(path, number, _load(path, number, text))
+
+
+def _line(path: Path, number: int, handle: IO[str]) -> str:
+    try:
+        return handle.readline()
+    except UnicodeDecodeError as exc:
+        raise _bad(path, number, "is not UTF-8 text") from exc
 
 
 def _load(path: Path, number: int, text: str) -> dict[str, Any]:
