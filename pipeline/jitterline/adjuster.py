@@ -31,6 +31,7 @@ import math
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
+from . import checks
 from .errors import ConfigError
 from .frames import ArrivalMeasure, BufferStats
 from .registry import Registry
@@ -62,18 +63,13 @@ class BufferPolicy(Protocol):
     def update(self, measure: ArrivalMeasure) -> float: ...
 
 
-def _check_ms(name: str, value: float, hint: str) -> None:
-    if not (math.isfinite(value) and value >= 0):
-        raise ConfigError(f"{name}={value!r} must be a finite number of ms >= 0; {hint}")
-
-
 class FixedPolicy:
     """Always the same target: for links whose jitter is known, or to compare policies."""
 
     name = "fixed"
 
     def __init__(self, target_ms: float = _DEFAULT_FIXED_MS) -> None:
-        _check_ms("target_ms", target_ms, "try 80")
+        checks.number("target_ms", target_ms, low=0, unit="ms", hint="try 80")
         self.target_ms = target_ms
 
     def update(self, measure: ArrivalMeasure) -> float:
@@ -101,7 +97,7 @@ class ThresholdPolicy:
             ("low_target_ms", low_target_ms),
             ("initial_target_ms", initial_target_ms),
         ):
-            _check_ms(name, value, "see ThresholdPolicy defaults")
+            checks.number(name, value, low=0, unit="ms", hint="see ThresholdPolicy defaults")
         if not low_jitter_ms < high_jitter_ms:
             raise ConfigError(
                 f"low_jitter_ms={low_jitter_ms} must be below high_jitter_ms={high_jitter_ms}; "
@@ -139,24 +135,26 @@ class AdaptivePolicy:
         start_forget_weight: float = 2.0,
         margin_ms: float = 0.0,
     ) -> None:
-        if not 0 < quantile < 1:
-            raise ConfigError(f"quantile={quantile!r} must be in (0, 1); NetEq uses 0.95")
-        if not 0 < forget_factor < 1:
-            raise ConfigError(
-                f"forget_factor={forget_factor!r} must be in (0, 1); NetEq uses 0.983"
-            )
-        if not (math.isfinite(bucket_ms) and bucket_ms > 0):
-            raise ConfigError(f"bucket_ms={bucket_ms!r} must be a finite ms > 0; try 20")
-        if buckets < 1:
-            raise ConfigError(f"buckets={buckets!r} must be >= 1; NetEq uses 100")
-        if not (math.isfinite(interval_s) and interval_s > 0):
-            raise ConfigError(f"interval_s={interval_s!r} must be a finite s > 0; try 0.5")
-        _check_ms("start_target_ms", start_target_ms, "NetEq starts at 80")
-        _check_ms("margin_ms", margin_ms, "try 0 or one frame (20)")
-        if not (math.isfinite(start_forget_weight) and start_forget_weight >= 0):
-            raise ConfigError(
-                f"start_forget_weight={start_forget_weight!r} must be >= 0; NetEq uses 2"
-            )
+        checks.number(
+            "quantile", quantile, low=0, high=1, above=True, below=True, hint="NetEq uses 0.95"
+        )
+        checks.number(
+            "forget_factor",
+            forget_factor,
+            low=0,
+            high=1,
+            above=True,
+            below=True,
+            hint="NetEq uses 0.983",
+        )
+        checks.number("bucket_ms", bucket_ms, low=0, above=True, unit="ms", hint="try 20")
+        checks.count("buckets", buckets, low=1, hint="NetEq uses 100")
+        checks.number("interval_s", interval_s, low=0, above=True, unit="s", hint="try 0.5")
+        checks.number(
+            "start_target_ms", start_target_ms, low=0, unit="ms", hint="NetEq starts at 80"
+        )
+        checks.number("margin_ms", margin_ms, low=0, unit="ms", hint="try 0 or one frame (20)")
+        checks.number("start_forget_weight", start_forget_weight, low=0, hint="NetEq uses 2")
         self.quantile = quantile
         self.forget_factor = forget_factor
         self.bucket_ms = bucket_ms
@@ -238,9 +236,9 @@ class BufferAdjuster:
         max_ms: float = 1000.0,
         start_ms: float = 80.0,
     ) -> None:
-        _check_ms("min_ms", min_ms, "try 20 (one frame)")
-        _check_ms("max_ms", max_ms, "try 1000")
-        _check_ms("start_ms", start_ms, "try 80")
+        checks.number("min_ms", min_ms, low=0, unit="ms", hint="try 20 (one frame)")
+        checks.number("max_ms", max_ms, low=0, unit="ms", hint="try 1000")
+        checks.number("start_ms", start_ms, low=0, unit="ms", hint="try 80")
         if min_ms > max_ms:
             raise ConfigError(f"min_ms={min_ms} exceeds max_ms={max_ms}; swap or widen them")
         self.policy = policy

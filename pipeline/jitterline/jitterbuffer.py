@@ -91,6 +91,7 @@ from typing import Literal, TypeAlias
 
 import numpy as np
 
+from . import checks
 from .errors import ConfigError
 from .frames import AudioFrame, FrameCounts, Samples
 
@@ -104,20 +105,6 @@ _MAX_DELAY_MS = 10_000.0
 _MAX_STEP_MS = 1_000.0
 _MAX_FRAMES = 1_000_000
 _SILENCE_BYTE = {"PCMU": 0xFF, "PCMA": 0xD5}
-
-
-def _check_ms(name: str, value: float, *, low: float, high: float, hint: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{name}={value!r} is not a number; {hint}")
-    if not (math.isfinite(value) and low <= value <= high):
-        raise ConfigError(f"{name}={value!r} is outside [{low:g}, {high:g}] ms; {hint}")
-
-
-def _check_count(name: str, value: int, *, low: int, hint: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name}={value!r} is not an integer; {hint}")
-    if not low <= value <= _MAX_FRAMES:
-        raise ConfigError(f"{name}={value} is outside [{low}, {_MAX_FRAMES}]; {hint}")
 
 
 def _check_frame(frame: AudioFrame) -> None:
@@ -198,30 +185,35 @@ class JitterBuffer:
         conceal: Concealment = "silence",
         late_memory: int = 1024,
     ) -> None:
-        _check_ms(
+        target_ms = checks.number(
             "target_delay_ms",
             target_delay_ms,
             low=0.0,
             high=_MAX_DELAY_MS,
+            unit="ms",
             hint="pass a playout delay such as 80",
         )
-        _check_ms(
+        step_ms = checks.number(
             "max_step_ms",
             max_step_ms,
             low=1e-3,
             high=_MAX_STEP_MS,
+            unit="ms",
             hint="pass a glide step such as 5 (ms per frame)",
         )
-        _check_count("capacity_frames", capacity_frames, low=1, hint="pass a capacity such as 512")
-        _check_count("max_gap_frames", max_gap_frames, low=1, hint="pass a gap limit such as 250")
-        _check_count("late_memory", late_memory, low=0, hint="pass a memory such as 1024")
+        for name, value, low, hint in (
+            ("capacity_frames", capacity_frames, 1, "pass a capacity such as 512"),
+            ("max_gap_frames", max_gap_frames, 1, "pass a gap limit such as 250"),
+            ("late_memory", late_memory, 0, "pass a memory such as 1024"),
+        ):
+            checks.count(name, value, low=low, high=_MAX_FRAMES, hint=hint)
         if conceal not in ("silence", "repeat"):
             raise ConfigError(f"conceal={conceal!r} is not 'silence' or 'repeat'; pick one")
-        self._target_ms = float(target_delay_ms)
+        self._target_ms = target_ms
         self._current_ms = self._target_ms
         self._capacity = capacity_frames
         self._max_gap = max_gap_frames
-        self._max_step_ms = float(max_step_ms)
+        self._max_step_ms = step_ms
         self._conceal_mode: Concealment = conceal
         self._lost_memory = _SeqMemory(late_memory)
         self._tally = _Tally()
@@ -285,14 +277,14 @@ class JitterBuffer:
         )
 
     def set_target_delay(self, target_ms: float) -> None:
-        _check_ms(
+        self._target_ms = checks.number(
             "target_ms",
             target_ms,
             low=0.0,
             high=_MAX_DELAY_MS,
+            unit="ms",
             hint="the adjuster should clamp its target",
         )
-        self._target_ms = float(target_ms)
         if self.next_due_s is None:
             self._current_ms = self._target_ms
 

@@ -45,7 +45,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from .errors import ConfigError
+from . import checks
 from .frames import ArrivalMeasure, AudioFrame, LatencyStats
 
 __all__ = ["LatencyWindow"]
@@ -96,15 +96,8 @@ class LatencyWindow:
     """Sliding window, count and time bounded, of one stream's arrival measures."""
 
     def __init__(self, max_frames: int = 500, max_age_s: float = 10.0) -> None:
-        if isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1:
-            raise ConfigError(
-                f"max_frames={max_frames!r} must be an integer >= 1; "
-                "500 keeps 10 s of 20 ms frames"
-            )
-        if not (math.isfinite(max_age_s) and max_age_s > 0):
-            raise ConfigError(
-                f"max_age_s={max_age_s!r} must be a finite number of seconds > 0; try 10.0"
-            )
+        checks.count("max_frames", max_frames, low=1, hint="500 keeps 10 s of 20 ms frames")
+        checks.number("max_age_s", max_age_s, low=0.0, above=True, unit="s", hint="try 10.0")
         self.max_frames = max_frames
         self.max_age_s = max_age_s
         self._entries: deque[_Entry] = deque()

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from . import checks
 from .adjuster import BufferAdjuster, BufferPolicy
 from .codecs import Codec
 from .errors import ConfigError, DialectError, JitterlineError
@@ -73,29 +74,29 @@ class PipelineConfig:
         return min(max(80.0, self.min_buffer_ms), self.max_buffer_ms)
 
     def __post_init__(self) -> None:
-        positive = {
-            "min_buffer_ms": self.min_buffer_ms,
-            "window_s": self.window_s,
-            "tick_ms": self.tick_ms,
-            "stats_every_s": self.stats_every_s,
-        }
-        for name, value in positive.items():
-            if not value > 0:
-                raise ConfigError(f"{name}={value} must be > 0")
+        positive = (
+            ("min_buffer_ms", self.min_buffer_ms, "ms", "try 20"),
+            ("window_s", self.window_s, "s", "try 10"),
+            ("tick_ms", self.tick_ms, "ms", "try 10"),
+            ("stats_every_s", self.stats_every_s, "s", "try 1"),
+        )
+        for name, value, unit, hint in positive:
+            checks.number(name, value, low=0.0, above=True, unit=unit, hint=hint)
         if self.max_buffer_ms < self.min_buffer_ms:
             raise ConfigError(
                 f"max_buffer_ms={self.max_buffer_ms} is below min_buffer_ms={self.min_buffer_ms}; "
                 "raise --max-buffer-ms or lower --min-buffer-ms"
             )
-        if self.buffer_ms is not None and not (
-            self.min_buffer_ms <= self.buffer_ms <= self.max_buffer_ms
-        ):
-            raise ConfigError(
-                f"buffer_ms={self.buffer_ms} is outside [{self.min_buffer_ms}, "
-                f"{self.max_buffer_ms}]; adjust --buffer-ms or the min/max bounds"
+        if self.buffer_ms is not None:
+            checks.number(
+                "buffer_ms",
+                self.buffer_ms,
+                low=self.min_buffer_ms,
+                high=self.max_buffer_ms,
+                unit="ms",
+                hint="adjust --buffer-ms or the min/max bounds",
             )
-        if self.guard_ms < 0:
-            raise ConfigError(f"guard_ms={self.guard_ms} must be >= 0")
+        checks.number("guard_ms", self.guard_ms, low=0.0, unit="ms", hint="try 20")
 
 
 class StreamProcessor:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal, TypeAlias
 
+from .. import checks
 from ..errors import ConfigError
 
 __all__ = [
@@ -66,7 +67,14 @@ _PROBABILITIES = (
     "malformed_rate",
 )
 _DURATIONS_MS = ("base_delay_ms", "jitter_ms", "processing_ms", "processing_jitter_ms")
+_BOUNDS: Mapping[str, tuple[float, float, str]] = {
+    **{name: (0.0, 1.0, "") for name in _PROBABILITIES},
+    **{name: (0.0, MAX_EXTRA_DELAY_MS, "ms") for name in _DURATIONS_MS},
+    "retry_after_s": (0.0, 3600.0, "s"),
+}
+"""Each float field's (low, high, unit), both bounds inclusive."""
 _COUNTS = ("reject_first_handshakes", "rate_limit_handshakes")
+_PICK_ONE = "pick a value in that range (see PROFILES for typical ones)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,13 +114,13 @@ class Impairments:
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        for name in _PROBABILITIES:
-            _check_range(name, getattr(self, name), 0.0, 1.0)
-        for name in _DURATIONS_MS:
-            _check_range(name, getattr(self, name), 0.0, MAX_EXTRA_DELAY_MS)
+        for name, (low, high, unit) in _BOUNDS.items():
+            value = getattr(self, name)
+            checks.number(
+                f"Impairments.{name}", value, low=low, high=high, unit=unit, hint=_PICK_ONE
+            )
         for name in _COUNTS:
-            _check_count(name, getattr(self, name))
-        _check_range("retry_after_s", self.retry_after_s, 0.0, 3600.0)
+            checks.count(f"Impairments.{name}", getattr(self, name), hint=_PICK_ONE)
         if self.jitter_distribution not in ("exponential", "pareto"):
             raise ConfigError(
                 f"jitter_distribution={self.jitter_distribution!r} is not 'exponential' or "
@@ -127,11 +135,27 @@ class Impairments:
                 f"{self.disconnect_every_frames} are both set; set at most one"
             )
         if self.disconnect_every_s is not None:
-            _check_range("disconnect_every_s", self.disconnect_every_s, 1e-3, 86400.0)
+            checks.number(
+                "Impairments.disconnect_every_s",
+                self.disconnect_every_s,
+                low=1e-3,
+                high=86400.0,
+                unit="s",
+                hint=_PICK_ONE + ", or None for no timed drops",
+            )
         if self.disconnect_every_frames is not None:
-            _check_count("disconnect_every_frames", self.disconnect_every_frames, low=1)
+            checks.count(
+                "Impairments.disconnect_every_frames",
+                self.disconnect_every_frames,
+                low=1,
+                hint=_PICK_ONE + ", or None for no counted drops",
+            )
         if self.max_disconnects is not None:
-            _check_count("max_disconnects", self.max_disconnects)
+            checks.count(
+                "Impairments.max_disconnects",
+                self.max_disconnects,
+                hint=_PICK_ONE + ", or None for no limit",
+            )
 
     @property
     def mean_loss_rate(self) -> float:
@@ -147,23 +171,6 @@ class Impairments:
         if handshake_number <= self.reject_first_handshakes + self.rate_limit_handshakes:
             return "rate_limit_429"
         return "accept"
-
-
-def _check_range(name: str, value: object, low: float, high: float) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not (math.isfinite(value) and low <= value <= high)
-    ):
-        raise ConfigError(
-            f"Impairments.{name}={value!r} is outside {low:g}..{high:g}; "
-            "pick a finite value in that range"
-        )
-
-
-def _check_count(name: str, value: object, *, low: int = 0) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"Impairments.{name}={value!r} must be an int >= {low}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,8 +208,7 @@ class ImpairmentModel:
     """
 
     def __init__(self, impairments: Impairments, *, seed: int, frame_ms: float) -> None:
-        if not (math.isfinite(frame_ms) and frame_ms > 0):
-            raise ConfigError(f"frame_ms={frame_ms!r} must be a positive number, e.g. 20")
+        checks.number("frame_ms", frame_ms, low=0.0, above=True, unit="ms", hint="e.g. 20")
         self.impairments = impairments
         self.seed = seed
         self.frame_ms = frame_ms

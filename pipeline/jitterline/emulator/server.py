@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import threading
 import time
 from collections import deque
@@ -38,6 +37,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from .. import checks
 from ..errors import ConfigError, TransportError
 from ..protocols.appfoundry import FORMATS, initialize_ack_message
 from .audio import AudioSource, ToneSource, frame_samples
@@ -484,10 +484,14 @@ def _check_config(codec: str, sample_rate: int, frame_ms: float, duration_s: flo
     if codec not in FORMATS:
         raise ConfigError(f"codec={codec!r} is not one of {', '.join(FORMATS)}")
     frame_samples(sample_rate, frame_ms)
-    if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
-        raise ConfigError(
-            f"duration_s={duration_s!r} must be a positive number of seconds, or None for an "
-            "endless stream"
+    if duration_s is not None:
+        checks.number(
+            "duration_s",
+            duration_s,
+            low=0.0,
+            above=True,
+            unit="s",
+            hint="or None for an endless stream",
         )
 
 

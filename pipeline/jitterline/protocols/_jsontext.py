@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .. import checks
 from ..errors import ConfigError, DialectError
 from ..frames import Message
 
@@ -47,11 +48,7 @@ class Wording:
 
 def check_max_message_chars(value: object, default: int) -> int:
     """A dialect's ``max_message_chars`` option, refused unless a positive int."""
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(
-            f"max_message_chars={value!r} must be a positive int; the default is {default}"
-        )
-    return value
+    return checks.count("max_message_chars", value, low=1, hint=f"the default is {default}")
 
 
 def dumps(document: dict[str, Any], *, what: str, advice: str) -> str:

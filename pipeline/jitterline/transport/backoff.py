@@ -18,6 +18,7 @@ import random
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
+from .. import checks
 from ..errors import ConfigError
 
 __all__ = [
@@ -45,17 +46,17 @@ class BackoffPolicy:
     jitter_ratio: float = 0.25
 
     def __post_init__(self) -> None:
-        _check_positive("initial_s", self.initial_s)
-        _check_positive("max_s", self.max_s)
+        checks.number("initial_s", self.initial_s, low=0, above=True, unit="s", hint="try 1.0")
+        checks.number("max_s", self.max_s, low=0, above=True, unit="s", hint="try 30.0")
         if self.max_s < self.initial_s:
             raise ConfigError(
                 f"max_s={self.max_s} is below initial_s={self.initial_s}; "
                 "the cap must be at least the first delay"
             )
-        if not (math.isfinite(self.multiplier) and self.multiplier >= 1.0):
-            raise ConfigError(f"multiplier={self.multiplier} must be a finite number >= 1")
-        if not (math.isfinite(self.jitter_ratio) and 0.0 <= self.jitter_ratio <= 1.0):
-            raise ConfigError(f"jitter_ratio={self.jitter_ratio} must be within 0..1")
+        checks.number(
+            "multiplier", self.multiplier, low=1.0, hint="try 2.0 (1.0 keeps it constant)"
+        )
+        checks.number("jitter_ratio", self.jitter_ratio, low=0.0, high=1.0, hint="try 0.25")
 
     def step_s(self, attempt: int) -> float:
         """The capped step before jitter for the ``attempt``-th consecutive failure (from 1)."""
@@ -74,11 +75,6 @@ class BackoffPolicy:
         """The step for ``attempt`` plus its random jitter."""
         step = self.step_s(attempt)
         return step + rng.uniform(0.0, self.jitter_ratio * step)
-
-
-def _check_positive(name: str, value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{name}={value} must be a finite number of seconds above 0")
 
 
 def parse_retry_after(value: str | None, now_wall_s: float) -> float | None:
@@ -146,10 +142,9 @@ class ReconnectSchedule:
         stable_after_s: float,
         max_attempts: int | None = None,
     ) -> None:
-        if not (math.isfinite(stable_after_s) and stable_after_s >= 0):
-            raise ConfigError(f"stable_after_s={stable_after_s} must be a finite number >= 0")
-        if max_attempts is not None and (isinstance(max_attempts, bool) or max_attempts < 1):
-            raise ConfigError(f"max_attempts={max_attempts!r} must be None or an int >= 1")
+        checks.number("stable_after_s", stable_after_s, low=0.0, unit="s", hint="try 10.0")
+        if max_attempts is not None:
+            checks.count("max_attempts", max_attempts, low=1, hint="or None to retry forever")
         self.policy = policy
         self.stable_after_s = stable_after_s
         self.max_attempts = max_attempts

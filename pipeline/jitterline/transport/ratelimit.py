@@ -8,10 +8,9 @@ tutorial's limiter slept ``1 - tokens`` seconds, mixing token and second units.
 
 from __future__ import annotations
 
-import math
 import threading
 
-from ..errors import ConfigError
+from .. import checks
 
 __all__ = ["TokenBucket"]
 
@@ -20,14 +19,14 @@ class TokenBucket:
     """``rate_per_s`` tokens a second, holding at most ``burst``; starts full at ``now_s``."""
 
     def __init__(self, rate_per_s: float, burst: int, *, now_s: float) -> None:
-        if not (math.isfinite(rate_per_s) and rate_per_s > 0):
-            raise ConfigError(
-                f"rate_per_s={rate_per_s} must be a finite number above 0; "
-                "the default is 10 messages a second"
-            )
-        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
-            raise ConfigError(f"burst={burst!r} must be an int >= 1 (messages sent back to back)")
-        self.rate_per_s = float(rate_per_s)
+        self.rate_per_s = checks.number(
+            "rate_per_s",
+            rate_per_s,
+            low=0.0,
+            above=True,
+            hint="the default is 10 messages a second",
+        )
+        checks.count("burst", burst, low=1, hint="it counts messages sent back to back")
         self.burst = burst
         self._tokens = float(burst)
         self._updated_s = now_s

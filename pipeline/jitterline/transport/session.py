@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import random
 import select
 import socket
@@ -45,6 +44,7 @@ from websocket import (
     WebSocketTimeoutException,
 )
 
+from .. import checks
 from ..errors import (
     AuthError,
     ConfigError,
@@ -227,12 +227,18 @@ class Session:
     ) -> None:
         self._url = _check_session_url(url, allow_insecure)
         self.url = redact_url(url)
-        _check_ping(ping_interval_s, ping_timeout_s)
-        if isinstance(outbound_capacity, bool) or outbound_capacity < 1:
-            raise ConfigError(
-                f"outbound_capacity={outbound_capacity!r} must be an int >= 1 "
-                "(messages held while disconnected)"
-            )
+        checks.number(
+            "ping_interval_s", ping_interval_s, low=0.0, unit="s", hint="0 disables pings"
+        )
+        checks.number(
+            "ping_timeout_s", ping_timeout_s, low=0.0, above=True, unit="s", hint="try 3.0"
+        )
+        checks.count(
+            "outbound_capacity",
+            outbound_capacity,
+            low=1,
+            hint="it counts messages held while disconnected",
+        )
         self._dialect = dialect
         self._on_message = on_message
         self._tokens = tokens
@@ -342,8 +348,7 @@ class Session:
         A live connection gets a 1000 close frame; a backoff wait ends at once. Safe to
         call from a callback (it then does not wait for its own thread).
         """
-        if not (math.isfinite(timeout_s) and timeout_s >= 0):
-            raise ConfigError(f"timeout_s={timeout_s} must be a finite number of seconds >= 0")
+        checks.number("timeout_s", timeout_s, low=0.0, unit="s", hint="0 does not wait")
         self._close_wait_s = min(_CLOSE_WAIT_CAP_S, timeout_s / 2)
         self._stop.set()
         thread = self._thread
@@ -830,13 +835,6 @@ def _check_session_url(url: str, allow_insecure: bool) -> str:
             host,
         )
     return url.strip()
-
-
-def _check_ping(interval_s: float, timeout_s: float) -> None:
-    if not (math.isfinite(interval_s) and interval_s >= 0):
-        raise ConfigError(f"ping_interval_s={interval_s} must be >= 0 (0 disables pings)")
-    if not (math.isfinite(timeout_s) and timeout_s > 0):
-        raise ConfigError(f"ping_timeout_s={timeout_s} must be a finite number above 0")
 
 
 def _header(exc: WebSocketBadStatusException, name: str) -> str | None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import requests
 
+from .. import checks
 from ..errors import AuthError, ConfigError, RateLimited, TransportError
 from .backoff import parse_retry_after
 from .urls import is_loopback_host, redact_url, split_url
@@ -144,10 +145,8 @@ class TokenProvider:
             raise ConfigError("client_id is empty; pass the OAuth client's id")
         if not isinstance(client_secret, str) or not client_secret:
             raise ConfigError(f"client secret for client {client_id!r} is empty")
-        if not (math.isfinite(margin_s) and margin_s >= 0):
-            raise ConfigError(f"margin_s={margin_s} must be a finite number of seconds >= 0")
-        if not (math.isfinite(timeout_s) and timeout_s > 0):
-            raise ConfigError(f"timeout_s={timeout_s} must be a finite number of seconds > 0")
+        checks.number("margin_s", margin_s, low=0.0, unit="s", hint="try 60.0")
+        checks.number("timeout_s", timeout_s, low=0.0, above=True, unit="s", hint="try 10.0")
         self.auth_url = resolve_auth_url(auth_url_or_region)
         self.token_url = self.auth_url + "/oauth/token"
         self.client_id = client_id
