@@ -34,7 +34,11 @@ __all__ = [
     "Stats",
     "StreamClosed",
     "StreamError",
+    "StreamInfo",
     "StreamOpened",
+    "StreamPaused",
+    "StreamResumed",
+    "StreamSignal",
 ]
 
 Samples: TypeAlias = npt.NDArray[np.int16]
@@ -69,6 +73,9 @@ class AudioFrame:
     the frame leaves it; ``concealed`` marks a frame it synthesised for a missing one.
     ``samples`` is filled by the decode stage (int16, interleaved when ``channels`` > 1,
     read-only) and is left out of equality so that frames compare by their wire content.
+    ``channel`` names the party or track whose audio this is (AudioHook ``external`` /
+    ``internal``, Twilio ``inbound`` / ``outbound``; "" for a single-channel dialect): each
+    (``stream_id``, ``channel``) has its own jitter buffer, so two parties are never mixed.
     """
 
     stream_id: str
@@ -86,14 +93,73 @@ class AudioFrame:
     playout_s: float | None = None
     concealed: bool = False
     samples: Samples | None = field(default=None, compare=False, repr=False)
+    channel: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """Who a stream is: what every hook call and summary carries to tell streams apart.
+
+    ``stream_id`` is the connection's id (appfoundry session, AudioHook session,
+    Twilio ``streamSid``) and ``channel`` the party within it; together they name one
+    jitter buffer's audio. ``call_id`` is the conversation or call (AudioHook
+    ``conversationId``, Twilio ``callSid``), ``participant_id`` the AudioHook participant.
+    ``key`` is what a sink keeps per-stream state under.
+    """
+
+    stream_id: str
+    channel: str = ""
+    dialect: str = ""
+    session_id: str = ""
+    call_id: str = ""
+    participant_id: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.stream_id, self.channel)
 
 
 @dataclass(frozen=True, slots=True)
 class StreamOpened:
-    """The peer accepted the stream (appfoundry ``initialize`` answer, AudioHook ``opened``)."""
+    """The stream is open (appfoundry ``initialize`` answer, AudioHook ``open``, Twilio
+    ``start``). ``channels`` lists the parties whose audio will flow, in wire order;
+    ``probe`` marks a connection test that carries no call (AudioHook's all-zero ids);
+    ``info`` keeps the rest of what the peer said (custom parameters, media format)."""
 
     stream_id: str
     arrival_s: float
+    info: dict[str, Any] = field(default_factory=dict)
+    call_id: str = ""
+    participant_id: str = ""
+    channels: tuple[str, ...] = ()
+    probe: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPaused:
+    """The sender stopped audio on purpose (AudioHook ``paused``, a bot between turns):
+    the slots until ``StreamResumed`` are idle time, not loss."""
+
+    stream_id: str
+    arrival_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class StreamResumed:
+    """Audio flows again after ``StreamPaused``."""
+
+    stream_id: str
+    arrival_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSignal:
+    """An in-band event that changes no audio: DTMF, a Twilio ``mark``, Audio Connector
+    ``playback_started``, an AudioHook ``update``. ``kind`` is the wire name."""
+
+    stream_id: str
+    arrival_s: float
+    kind: str
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -127,14 +193,31 @@ class Pong:
 
 @dataclass(frozen=True, slots=True)
 class Malformed:
-    """A message that could not be parsed or decoded; counted, logged once per kind, skipped."""
+    """A message that could not be parsed or decoded, or that broke the protocol's rules;
+    counted, logged once per kind, skipped.
+
+    ``fatal`` marks a violation after which the protocol ends the connection (it has
+    queued the reply it prescribes, such as AudioHook's ``disconnect`` reason ``error``).
+    """
 
     kind: str
     detail: str
     arrival_s: float
+    stream_id: str = ""
+    fatal: bool = False
 
 
-Event: TypeAlias = AudioFrame | StreamOpened | StreamError | StreamClosed | Pong | Malformed
+Event: TypeAlias = (
+    AudioFrame
+    | StreamOpened
+    | StreamPaused
+    | StreamResumed
+    | StreamSignal
+    | StreamError
+    | StreamClosed
+    | Pong
+    | Malformed
+)
 
 
 ConnectionKind: TypeAlias = Literal[
