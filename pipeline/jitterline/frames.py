@@ -18,7 +18,9 @@ import numpy.typing as npt
 
 __all__ = [
     "Alert",
+    "Arrival",
     "ArrivalMeasure",
+    "ArrivalOutcome",
     "AudioFrame",
     "BufferStats",
     "ConnectionEvent",
@@ -268,6 +270,20 @@ class ArrivalMeasure:
     relative_delay_ms: float
     latency_ms: float | None = None
     processing_ms: float | None = None
+    outcome: ArrivalOutcome = "buffered"
+
+
+ArrivalOutcome: TypeAlias = Literal["buffered", "late", "duplicate", "overflow"]
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """What the jitter buffer did with one arriving frame, as it arrived: the input of the
+    latency window (which measures the arrival) and, through it, of the adjuster (which
+    sees the buffer's own late outcomes). Played frames leave the buffer separately."""
+
+    frame: AudioFrame
+    outcome: ArrivalOutcome
 
 
 @dataclass(frozen=True, slots=True)
