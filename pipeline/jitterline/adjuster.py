@@ -33,7 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from . import checks
 from .errors import ConfigError
-from .frames import ArrivalMeasure, BufferStats
+from .frames import ArrivalMeasure, AudioFrame, BufferStats
 from .registry import Registry
 
 __all__ = [
@@ -267,6 +267,10 @@ class BufferAdjuster:
         lowest_ms, highest_ms = self._extremes_ms or (target_ms, target_ms)
         self._extremes_ms = (min(lowest_ms, target_ms), max(highest_ms, target_ms))
         return target_ms
+
+    def observe_played(self, frame: AudioFrame) -> float | None:
+        """A slot played (``frame.concealed``: an underrun); None: no new target."""
+        return None
 
     def stats(self) -> BufferStats:
         """``level_ms`` is left 0: only the jitter buffer knows what it holds."""

@@ -372,6 +372,7 @@ class Stats:
 
     at_s: float
     stream_id: str = ""
+    channel: str = ""
     frames: FrameCounts = field(default_factory=FrameCounts)
     latency: LatencyStats = field(default_factory=LatencyStats)
     buffer: BufferStats = field(default_factory=BufferStats)

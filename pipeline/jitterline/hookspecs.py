@@ -10,11 +10,24 @@ An implementation may accept any subset of a spec's arguments (pluggy matches th
 name), so specs can gain arguments without breaking plugins. Hooks are called with
 keywords, most recently registered plugin first.
 
-Notification hooks (frame, message, stats, alert, connection, stream closed) are called
-one plugin at a time by jitterline itself: a plugin that raises is logged once per hook,
-counted in ``PluginHost.failures`` and reported as an ``Alert``; the stream goes on. They
-run on the pipeline's thread: return quickly and hand slow work (disk, network) to a
-thread of your own.
+Notification hooks (stream opened, message, frame, stats, alert, connection, stream
+closed) are called one plugin at a time by jitterline itself: a plugin that raises is
+logged once per hook, counted per plugin (``PluginHost.failures``, and the JSON summary's
+``plugins.failures``) and reported as an ``Alert``; the stream goes on. A wrapper
+implementation (``hookimpl(wrapper=True)`` or ``hookwrapper=True``) of a notification hook
+is refused when it is registered, since it could not be isolated that way.
+
+Every notification names its stream with ``stream`` (a ``StreamInfo``: ``stream_id``,
+``channel``, ``dialect`` and, where the protocol has them, ``session_id``, ``call_id``,
+``participant_id``). One process runs many streams at once, so a sink keeps per-stream
+state in a dict under ``stream.key`` and drops it in ``jitterline_stream_closed``: no
+globals, bounded memory.
+
+Threads: notifications run on the thread that runs the pipelines, which for live
+commands (``demo``, ``run``, ``serve``) is the runtime's single event loop thread shared
+by every stream, and for ``replay`` the main thread. Return quickly: a hook that blocks
+stalls every stream. Hand slow work (disk, network) to a bounded queue and a thread of
+your own, and count what you drop.
 """
 
 from __future__ import annotations
@@ -25,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from .frames import Alert, AudioFrame, ConnectionEvent, Message, Stats
+from .frames import Alert, AudioFrame, ConnectionEvent, Message, Stats, StreamInfo
 
 if TYPE_CHECKING:
     from .adjuster import BufferPolicy
@@ -80,36 +93,47 @@ def jitterline_configure(options: Mapping[str, Any]) -> None:
 
 
 @hookspec
-def jitterline_raw_message(message: Message, stream_id: str) -> None:
-    """A message arrived, before any parsing (for capture and debugging). ``message``
-    holds the raw text or bytes and its monotonic arrival time."""
+def jitterline_stream_opened(stream: StreamInfo) -> None:
+    """A stream (one channel of a connection) starts: set up its per-stream state here,
+    under ``stream.key``. Called before its first frame or snapshot."""
 
 
 @hookspec
-def jitterline_frame_played(frame: AudioFrame) -> None:
+def jitterline_raw_message(message: Message, stream_id: str, stream: StreamInfo) -> None:
+    """A message arrived, before any parsing (for capture and debugging). ``message``
+    holds the raw text or bytes and its monotonic arrival time. ``stream`` is the
+    connection (``channel`` empty); ``stream_id`` is ``stream.stream_id``, kept for older
+    plugins."""
+
+
+@hookspec
+def jitterline_frame_played(frame: AudioFrame, stream: StreamInfo) -> None:
     """A frame left the jitter buffer at its playout time (``frame.playout_s``).
     ``frame.concealed`` is True for a frame synthesised in place of a missing one;
     ``frame.samples`` holds the decoded int16 audio."""
 
 
 @hookspec
-def jitterline_stats(stats: Stats, diagnosis: Diagnosis) -> None:
+def jitterline_stats(stats: Stats, diagnosis: Diagnosis, stream: StreamInfo) -> None:
     """A periodic snapshot (once a second by default) and its diagnosis."""
 
 
 @hookspec
-def jitterline_alert(alert: Alert) -> None:
+def jitterline_alert(alert: Alert, stream: StreamInfo | None) -> None:
     """Something worth a human's attention: the diagnosis changed, a plugin failed, the
-    connection dropped."""
+    connection dropped. ``stream`` is None for what concerns no single stream."""
 
 
 @hookspec
-def jitterline_connection_event(event: ConnectionEvent) -> None:
-    """The session's lifecycle: connecting, connected, disconnected (code, reason),
-    reconnect_scheduled (delay_s), token_refreshed, rate_limited, pong (rtt_ms), closed."""
+def jitterline_connection_event(event: ConnectionEvent, stream: StreamInfo) -> None:
+    """A connection's lifecycle: connecting, connected, disconnected (code, reason),
+    reconnect_scheduled (delay_s), token_refreshed, rate_limited, pong (rtt_ms), closed.
+    ``stream`` is the connection (``channel`` empty)."""
 
 
 @hookspec
-def jitterline_stream_closed(stream_id: str, stats: Stats, diagnosis: Diagnosis) -> None:
+def jitterline_stream_closed(
+    stream_id: str, stats: Stats, diagnosis: Diagnosis, stream: StreamInfo
+) -> None:
     """The stream ended; ``stats`` is final (its frame counts balance). Flush and forget
-    per-stream state here so memory stays bounded."""
+    the per-stream state kept under ``stream.key`` so memory stays bounded."""

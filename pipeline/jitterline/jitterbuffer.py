@@ -93,7 +93,7 @@ import numpy as np
 
 from . import checks
 from .errors import ConfigError
-from .frames import AudioFrame, FrameCounts, Samples
+from .frames import ArrivalOutcome, AudioFrame, FrameCounts, Samples
 
 __all__ = ["Concealment", "JitterBuffer"]
 
@@ -233,6 +233,8 @@ class JitterBuffer:
         self._last_out: AudioFrame | None = None
         self._highest_seq: int | None = None
         self._closed = False
+        self._ending = False
+        self._last_outcome: ArrivalOutcome = "buffered"
 
     # -- public API -------------------------------------------------------------------
 
@@ -261,6 +263,26 @@ class JitterBuffer:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def last_outcome(self) -> ArrivalOutcome:
+        """What the last ``push`` did with its frame."""
+        return self._last_outcome
+
+    def end(self, now: float) -> list[AudioFrame]:
+        """The sender ended the stream: what is buffered plays at its slots, then the
+        buffer closes instead of concealing past the last frame."""
+        self._ending = True
+        return self.pop_due(now)
+
+    def pause(self, now: float) -> None:
+        """The sender paused on purpose."""
+
+    def resume(self, now: float) -> None:
+        """Audio flows again."""
+
+    def discontinuity(self, now: float) -> None:
+        """The connection was re-established."""
 
     def counts(self) -> FrameCounts:
         t = self._tally
@@ -320,6 +342,7 @@ class JitterBuffer:
         self._tally.received += 1
         seq = frame.seq
         if seq in self._frames:
+            self._last_outcome = "duplicate"
             self._tally.duplicate += 1
             self._trace("duplicate", frame)
             return
@@ -378,18 +401,21 @@ class JitterBuffer:
             self._store(frame)
 
     def _store(self, frame: AudioFrame) -> None:
+        self._last_outcome = "buffered"
         self._top_seq = max(self._top_seq, frame.seq) if self._frames else frame.seq
         self._frames[frame.seq] = frame
         heapq.heappush(self._heap, frame.seq)
         self._level_ms += frame.duration_ms
 
     def _late(self, frame: AudioFrame) -> None:
+        self._last_outcome = "late"
         self._tally.late += 1
         if self._lost_memory.discard(frame.seq):
             self._tally.lost -= 1
         self._trace("late", frame)
 
     def _overflow(self, frame: AudioFrame) -> None:
+        self._last_outcome = "overflow"
         self._tally.overflow += 1
         self._trace("overflow", frame)
 
@@ -407,6 +433,9 @@ class JitterBuffer:
 
     def _emit_slot(self, slot_s: float) -> AudioFrame | None:
         """Fill the next slot, or stop the clock when the concealment cap is reached."""
+        if not self._frames and self._ending:
+            self.close(slot_s)
+            return None
         if not self._frames and self._concealed_run >= self._max_gap:
             self._go_idle()
             return None

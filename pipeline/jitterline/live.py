@@ -1,42 +1,41 @@
-"""Glue for the commands: a live ``Session`` feeding a pipeline, and the replay of a capture.
+"""Glue for the commands: a live dial-out stream on the runtime, and the replay of a capture.
 
-Live: the session's receive thread pushes each ``Message`` into a ``Subject`` that the
-pipeline reads; the playout ticks and snapshots run on an ``EventLoopScheduler`` thread.
-Both are stamped by one ``RunClock``: seconds since the run started, quantised to the
-microsecond. That quantum is what a ``HistoricalScheduler`` (datetime-based) can
-represent, so the replay of a capture sees the very same floats the live run saw, and
-arrives at the same counters and numbers.
+Live: a ``Session`` (websocket-client, multiplexed on the I/O loop) hands each message to a
+``runtime.Connection``, whose protocol object parses it and whose pipeline runs on the
+same loop thread; the main thread only waits. Both the session and the pipeline read one
+``RunClock``, so a capture of the run replays with the same floats.
 
-The end of a live run: the session is closed first (no message can arrive after), the
-clock is frozen at that instant ``E`` (so every reading during the final snapshot is
-``E``, exactly what the replay's virtual clock reads), the connection counters are copied
-into the processor, and only then does the subject complete, which makes the pipeline
-emit the final, balanced snapshot.
+The end of a live run: the session is closed first (no message can arrive after), then on
+the loop thread the clock is frozen at that instant ``E`` (every reading during the final
+snapshot is ``E``, exactly what the replay's virtual clock reads), the capture gets its
+``end`` line, and the connection finishes with the session's last counters: the final,
+balanced snapshot of each channel comes out.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from reactivex import abc
-from reactivex.scheduler import EventLoopScheduler, HistoricalScheduler
+from reactivex.scheduler import HistoricalScheduler
 from reactivex.subject import Subject
 
 from .capture import CaptureEnd, CaptureHeader, CaptureRecord, CaptureWriter, read_capture
-from .diagnosis import Diagnosis, diagnose
+from .config import PipelineConfig
+from .diagnosis import Diagnosis
 from .errors import ConfigError, JitterlineError
 from .frames import AudioFrame, ConnectionEvent, ConnectionStats, Message, Stats
 from .plugins import PluginHost
-from .stages import Pipeline, build_pipeline, scheduler_clock
+from .runtime import Connection, RunClock, Runtime
+from .stages import build_pipeline, scheduler_clock
 from .status import StatusDisplay
-from .stream import PipelineConfig
 from .transport import BackoffPolicy, Session, SessionDiagnostics, TokenProvider
 
 __all__ = ["EPOCH", "RunClock", "RunResult", "SessionOptions", "replay", "run_live"]
@@ -50,34 +49,11 @@ _WAIT_SLICE_S = 0.25
 _CLOSE_TIMEOUT_S = 5.0
 
 
-class RunClock:
-    """Monotonic seconds since construction, rounded to microseconds; can be frozen.
-
-    Rounding keeps every reading representable on a datetime-based virtual clock (see the
-    module docstring); freezing makes the end of a run one instant.
-    """
-
-    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
-        self._monotonic = monotonic
-        self._t0 = monotonic()
-        self._frozen: float | None = None
-
-    def __call__(self) -> float:
-        if self._frozen is not None:
-            return self._frozen
-        return round(self._monotonic() - self._t0, 6)
-
-    def freeze(self) -> float:
-        """Stop the clock now; returns the instant it stopped at."""
-        if self._frozen is None:
-            self._frozen = self()
-        return self._frozen
-
-
 @dataclass(frozen=True, slots=True)
 class RunResult:
-    """How a run ended: the final snapshot and its diagnosis, the session's fatal error
-    (None: a clean end), whether Ctrl-C stopped it, and how many messages arrived."""
+    """How a run ended: the final snapshot and its diagnosis (of the first channel; every
+    channel's are in ``channels``), the session's fatal error (None: a clean end), whether
+    Ctrl-C stopped it, and how many messages arrived."""
 
     stats: Stats
     diagnosis: Diagnosis
@@ -85,6 +61,8 @@ class RunResult:
     interrupted: bool = False
     messages: int = 0
     session: SessionDiagnostics | None = None
+    channels: tuple[tuple[Stats, Diagnosis], ...] = ()
+    plugin_failures: dict[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,28 +78,6 @@ class SessionOptions:
     backoff: BackoffPolicy = BackoffPolicy()  # noqa: RUF009 (frozen, so shared is safe)
 
 
-class _Tail:
-    """Keeps the last snapshot the pipeline emitted and feeds the status display."""
-
-    def __init__(self, status: StatusDisplay | None) -> None:
-        self.last: Stats | None = None
-        self.done = threading.Event()
-        self._status = status
-
-    def on_next(self, item: AudioFrame | Stats) -> None:
-        if isinstance(item, Stats):
-            self.last = item
-            if self._status is not None:
-                self._status.stats(item)
-
-    def on_error(self, error: Exception) -> None:
-        log.error("pipeline failed: %s", error)
-        self.done.set()
-
-    def on_completed(self) -> None:
-        self.done.set()
-
-
 def run_live(
     options: SessionOptions,
     *,
@@ -130,19 +86,51 @@ def run_live(
     status: StatusDisplay | None = None,
     record: Path | None = None,
     source: dict[str, Any] | None = None,
-    clock: RunClock | None = None,
+    runtime: Runtime | None = None,
 ) -> RunResult:
     """Connect, stream until the peer ends, ``duration_s`` passes or Ctrl-C, then shut
     down cleanly and return the final numbers. Never raises for a session failure: it
-    is in ``RunResult.outcome``; a bad option (``ConfigError``) raises before any thread
-    starts."""
-    clock = clock or RunClock()
-    scheduler = EventLoopScheduler()
-    run = _LiveRun(config, host, clock, scheduler, status)
-    session = run.session(options)
-    run.writer = _writer(record, config, source)
-    subscription = run.pipeline.output.subscribe(
-        run.tail.on_next, run.tail.on_error, run.tail.on_completed
+    is in ``RunResult.outcome``; a bad option (``ConfigError``) raises before connecting."""
+    runtime = runtime or Runtime(host)
+    clock = runtime.clock
+    session_id = str(uuid.uuid4())
+    writer = _writer(record, config, source)
+    proto = host.dialects.get(config.dialect)(role="client", session_id=session_id)
+
+    def on_item(item: AudioFrame | Stats) -> None:
+        if status is not None and isinstance(item, Stats):
+            status.stats(item)
+
+    connection: Connection = runtime.call(
+        lambda: runtime.connect(
+            proto,
+            config,
+            send=lambda data: session.send(data),
+            close=lambda: None,  # the session ends on the peer's close
+            stream_id=session_id,
+            record=writer,
+            on_item=on_item,
+        )
+    )
+
+    def on_event(event: ConnectionEvent) -> None:
+        connection.connection_event(event, session.connection_stats())
+        if status is not None:
+            status.event(event)
+
+    session = Session(
+        options.url,
+        dialect=proto,
+        on_message=connection.receive,
+        tokens=options.tokens,
+        on_event=on_event,
+        clock=clock,
+        max_attempts=options.max_attempts,
+        allow_insecure=options.allow_insecure,
+        ping_interval_s=options.ping_interval_s,
+        backoff=options.backoff,
+        session_id=session_id,
+        ioloop=runtime.ioloop,
     )
     interrupted = False
     try:
@@ -152,14 +140,40 @@ def run_live(
         interrupted = _wait(session, clock, options.duration_s)
     finally:
         session.close(_CLOSE_TIMEOUT_S)
-        result = run.finish(session, interrupted)
-        subscription.dispose()
-        scheduler.dispose()
+        result = runtime.call(lambda: _finish(connection, session, writer, clock, interrupted))
         if status is not None:
             status.stop()
         if options.tokens is not None:
             options.tokens.close()
     return result
+
+
+def _finish(
+    connection: Connection,
+    session: Session,
+    writer: CaptureWriter | None,
+    clock: RunClock,
+    interrupted: bool,
+) -> RunResult:
+    """See the module docstring: clock frozen, capture ended, pipeline completed."""
+    end_s = clock.freeze()
+    diagnostics = session.diagnostics()
+    stats = diagnostics.connection_stats()
+    if writer is not None:
+        writer.end(end_s, stats)
+        writer.close()
+    finished = connection.finish(stats)
+    final, diagnosis = finished.primary
+    return RunResult(
+        stats=final,
+        diagnosis=diagnosis,
+        outcome=session.outcome,
+        interrupted=interrupted,
+        messages=diagnostics.messages_in,
+        session=diagnostics,
+        channels=finished.finals,
+        plugin_failures=connection.runtime.host.failures_by_plugin(),
+    )
 
 
 def _writer(
@@ -174,84 +188,6 @@ def _writer(
         started_wall_s=time.time(),
     )
     return CaptureWriter(record, header)
-
-
-class _LiveRun:
-    """One live run's parts and the session callbacks that feed them."""
-
-    def __init__(
-        self,
-        config: PipelineConfig,
-        host: PluginHost,
-        clock: RunClock,
-        scheduler: abc.SchedulerBase,
-        status: StatusDisplay | None,
-    ) -> None:
-        self.subject: Subject[Message] = Subject()
-        self.pipeline = build_pipeline(
-            self.subject, scheduler=scheduler, config=config, host=host, clock=clock
-        )
-        self.clock = clock
-        self.status = status
-        self.tail = _Tail(status)
-        self.writer: CaptureWriter | None = None
-        self._session: Session | None = None
-
-    def on_message(self, message: Message) -> None:
-        if self.writer is not None:
-            self.writer.message(message)
-        self.subject.on_next(message)
-
-    def on_event(self, event: ConnectionEvent) -> None:
-        if self.writer is not None:
-            self.writer.event(event)
-        self.pipeline.on_connection_event(event)
-        if self._session is not None:  # live snapshots show reconnects as they happen
-            self._copy_connection(self._session)
-        if self.status is not None:
-            self.status.event(event)
-
-    def _copy_connection(self, session: Session) -> ConnectionStats:
-        connection = session.diagnostics().connection_stats()
-        with self.pipeline.processor.lock:
-            self.pipeline.processor.connection = connection
-        return connection
-
-    def session(self, options: SessionOptions) -> Session:
-        self._session = Session(
-            options.url,
-            dialect=self.pipeline.processor.dialect,
-            on_message=self.on_message,
-            tokens=options.tokens,
-            on_event=self.on_event,
-            clock=self.clock,
-            max_attempts=options.max_attempts,
-            allow_insecure=options.allow_insecure,
-            ping_interval_s=options.ping_interval_s,
-            backoff=options.backoff,
-        )
-        return self._session
-
-    def finish(self, session: Session, interrupted: bool) -> RunResult:
-        """See the module docstring: session closed, clock frozen, counters copied, then
-        the stream completes and the final snapshot comes out."""
-        end_s = self.clock.freeze()
-        connection = self._copy_connection(session)
-        processor = self.pipeline.processor
-        if self.writer is not None:
-            self.writer.end(end_s, connection)
-            self.writer.close()
-        self.subject.on_completed()
-        self.tail.done.wait(_CLOSE_TIMEOUT_S)
-        stats = self.tail.last if self.tail.last is not None else processor.stats(end_s)
-        return RunResult(
-            stats=stats,
-            diagnosis=diagnose(stats),
-            outcome=session.outcome,
-            interrupted=interrupted,
-            messages=session.diagnostics().messages_in,
-            session=session.diagnostics(),
-        )
 
 
 def _wait(session: Session, clock: RunClock, duration_s: float | None) -> bool:
@@ -287,40 +223,42 @@ def replay(
     header, records = read_capture(path)
     config = replace(header.config, **(overrides or {}))
     scheduler = HistoricalScheduler(EPOCH)
-    subject: Subject[Message] = Subject()
+    subject: Subject[Message | ConnectionEvent | ConnectionStats] = Subject()
     pipeline = build_pipeline(
-        subject,
-        scheduler=scheduler,
-        config=config,
-        host=host,
-        clock=scheduler_clock(scheduler),
+        subject, scheduler=scheduler, config=config, host=host, clock=scheduler_clock(scheduler)
     )
-    tail = _Tail(None)
-    subscription = pipeline.output.subscribe(tail.on_next, tail.on_error, tail.on_completed)
-    feeder = _Feeder(records, pipeline, subject, scheduler)
+    completed: list[bool] = []
+    subscription = pipeline.output.subscribe(
+        on_completed=lambda: completed.append(True), scheduler=scheduler
+    )
+    feeder = _Feeder(records, subject, scheduler)
     feeder.schedule_next()
     scheduler.start()
     subscription.dispose()
-    if tail.last is None:
+    if not completed or not pipeline.finals:
         raise ConfigError(f"capture {str(path)!r} did not complete; it may be truncated")
-    stats = tail.last
-    return header, RunResult(stats=stats, diagnosis=diagnose(stats), messages=feeder.messages)
+    stats, diagnosis = pipeline.finals[0]
+    return header, RunResult(
+        stats=stats,
+        diagnosis=diagnosis,
+        messages=feeder.messages,
+        channels=tuple(pipeline.finals),
+        plugin_failures=host.failures_by_plugin(),
+    )
 
 
 class _Feeder:
     """Schedules capture records one at a time at EPOCH + t, so a long capture streams
     through the virtual clock without being held in memory; ends the stream at the
-    ``end`` record (or the last one)."""
+    ``end`` record (or the last one) with the connection counters it carries."""
 
     def __init__(
         self,
         records: Iterator[CaptureRecord],
-        pipeline: Pipeline,
-        subject: Subject[Message],
+        subject: Subject[Message | ConnectionEvent | ConnectionStats],
         scheduler: HistoricalScheduler,
     ) -> None:
         self._records = records
-        self._pipeline = pipeline
         self._subject = subject
         self._scheduler = scheduler
         self._last_s = 0.0
@@ -346,18 +284,14 @@ class _Feeder:
         def action(_: abc.SchedulerBase, __: Any = None) -> None:
             if isinstance(record, Message):
                 self.messages += 1
-                self._subject.on_next(record)
-            else:
-                self._pipeline.on_connection_event(record)
+            self._subject.on_next(record)
             self.schedule_next()
 
         return action
 
     def _end_action(self, end: CaptureEnd | None) -> Any:
         def action(_: abc.SchedulerBase, __: Any = None) -> None:
-            connection = end.connection if end is not None else ConnectionStats()
-            with self._pipeline.processor.lock:
-                self._pipeline.processor.connection = connection
+            self._subject.on_next(end.connection if end is not None else ConnectionStats())
             self._subject.on_completed()
             self._scheduler.stop()
 

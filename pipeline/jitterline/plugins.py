@@ -1,9 +1,13 @@
 """The plugin host: loads plugins, builds the registries, and calls sinks in isolation.
 
 Built-in plugins load through the same ``jitterline`` entry-point group as third-party
-ones. ``JITTERLINE_DISABLE_PLUGINS`` (comma-separated names) and ``disabled=`` block
-plugins by name before they are imported, so a broken plugin can always be switched off;
-``enabled=`` (the CLI's ``--enable``) overrides both.
+ones, but only when asked (``load_entrypoints=True``, as the command line does): a library
+user's host runs the plugins it was given and nothing that happens to be installed.
+``JITTERLINE_DISABLE_PLUGINS`` (comma-separated names) and ``disabled=`` block plugins by
+name before they are imported, so a broken plugin can always be switched off;
+``enabled=`` (the CLI's ``--enable``) overrides both. An entry point that fails to import
+or to register is named in one warning and skipped (``PluginHost.broken``): one bad
+plugin never stops the others, ``--help`` or ``plugins``.
 
 Notification hooks are not called through pluggy's all-or-nothing ``hook(...)``: a
 raising implementation there would stop the plugins after it. ``PluginHost.notify``
@@ -13,6 +17,7 @@ failure, and turns it into an ``Alert`` for the other plugins.
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 from collections import Counter
@@ -37,6 +42,18 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "jitterline"
 DISABLE_ENV = "JITTERLINE_DISABLE_PLUGINS"
+NOTIFICATION_HOOKS = frozenset(
+    {
+        "jitterline_stream_opened",
+        "jitterline_raw_message",
+        "jitterline_frame_played",
+        "jitterline_stats",
+        "jitterline_alert",
+        "jitterline_connection_event",
+        "jitterline_stream_closed",
+    }
+)
+"""The hooks ``notify`` calls, each implementation isolated from the others."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +73,7 @@ class PluginHost:
         self,
         *,
         plugins: Iterable[object] = (),
-        load_entrypoints: bool = True,
+        load_entrypoints: bool = False,
         disabled: Iterable[str] = (),
         enabled: Iterable[str] = (),
     ) -> None:
@@ -69,10 +86,12 @@ class PluginHost:
         }
         for name in self.disabled:
             self.pm.set_blocked(name)
+        self.broken: dict[str, str] = {}
+        self._dists: dict[str, str] = {}
         if load_entrypoints:
             self._load_entrypoints()
         for plugin in plugins:
-            self.pm.register(plugin)
+            self._register(plugin)
         self.pm.check_pending()
         self.failures: Counter[tuple[str, str]] = Counter()
         self.dialects: Registry[DialectFactory] = builtin_dialects()
@@ -81,13 +100,51 @@ class PluginHost:
         self._collect_registrations()
 
     def _load_entrypoints(self) -> None:
-        try:
-            self.pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-        except Exception as exc:
-            raise PluginError(
-                f"a plugin of entry-point group {ENTRY_POINT_GROUP!r} failed to load: {exc}; "
-                f"disable it with {DISABLE_ENV}=<name>"
-            ) from exc
+        found = set()
+        for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            found.add(entry.name)
+            if self.pm.is_blocked(entry.name) or self.pm.has_plugin(entry.name):
+                continue
+            try:
+                self._register(entry.load(), entry.name)
+            except Exception as exc:
+                self.broken[entry.name] = f"{type(exc).__name__}: {exc}"
+                log.warning(
+                    "plugin %r (%s) is skipped: it failed to load (%s: %s); disable it with "
+                    "%s=%s",
+                    entry.name,
+                    entry.value,
+                    type(exc).__name__,
+                    exc,
+                    DISABLE_ENV,
+                    entry.name,
+                )
+                continue
+            if entry.dist is not None:
+                self._dists[entry.name] = entry.dist.name
+        unknown = sorted(self.disabled - found)
+        if unknown:
+            log.warning(
+                "%s names %s, which no installed plugin is called; installed: %s",
+                DISABLE_ENV,
+                ", ".join(unknown),
+                ", ".join(sorted(found)) or "none",
+            )
+
+    def _register(self, plugin: object, name: str | None = None) -> None:
+        """Register, refusing wrapper implementations of notification hooks: ``notify``
+        calls implementations one at a time to isolate failures, which a wrapper (that
+        must surround the others) cannot take part in."""
+        for attr in dir(plugin):
+            options = getattr(getattr(plugin, attr, None), "jitterline_impl", None)
+            if attr in NOTIFICATION_HOOKS and isinstance(options, dict):
+                if options.get("wrapper") or options.get("hookwrapper"):
+                    raise PluginError(
+                        f"plugin {name or plugin!r}: {attr} is a wrapper hookimpl; "
+                        "notification hooks are called one plugin at a time, so drop "
+                        "wrapper=True / hookwrapper=True and handle the call directly"
+                    )
+        self.pm.register(plugin, name=name)
 
     def _collect_registrations(self) -> None:
         hook = self.pm.hook
@@ -98,7 +155,7 @@ class PluginHost:
     def register(self, plugin: object, name: str | None = None) -> None:
         """Add a plugin after start-up (tests, library users); its registrations apply to
         pipelines built afterwards."""
-        self.pm.register(plugin, name=name)
+        self._register(plugin, name)
         self.pm.check_pending()
         caller = self.pm.subset_hook_caller
         others = [p for p in self.pm.get_plugins() if p is not plugin]
@@ -131,7 +188,15 @@ class PluginHost:
                 at_s=0.0,
                 severity="error",
             )
-            self.notify("jitterline_alert", alert=alert)
+            self.notify("jitterline_alert", alert=alert, stream=None)
+
+    def failures_by_plugin(self) -> dict[str, int]:
+        """How often each plugin raised, over all hooks: the summary's
+        ``plugins.failures``."""
+        totals: Counter[str] = Counter()
+        for (plugin_name, _), count in self.failures.items():
+            totals[plugin_name] += count
+        return dict(sorted(totals.items()))
 
     def call(self, hook_name: str, **kwargs: Any) -> list[Any]:
         """Call a configuration hook through pluggy: errors propagate, because a
@@ -141,14 +206,13 @@ class PluginHost:
 
     def info(self) -> list[PluginInfo]:
         """The registered and the blocked plugins, for ``jitterline plugins``."""
-        dists = {id(plugin): dist.project_name for plugin, dist in self.pm.list_plugin_distinfo()}
         rows = []
         for name, plugin in self.pm.list_name_plugin():
             if plugin is None:
                 rows.append(PluginInfo(name=name, hooks=(), enabled=False))
                 continue
             hooks = tuple(sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or []))
-            rows.append(PluginInfo(name, hooks, True, dists.get(id(plugin), "")))
+            rows.append(PluginInfo(name, hooks, True, self._dists.get(name, "")))
         listed = {row.name for row in rows}
         rows.extend(PluginInfo(n, (), False) for n in sorted(self.disabled - listed))
         return sorted(rows, key=lambda row: row.name)

@@ -1,57 +1,159 @@
-"""The stages as ReactiveX operators, and ``build_pipeline`` that chains them.
+"""The stages of a stream as ReactiveX operators, and ``build_pipeline`` that chains them.
 
-Each operator wraps one method of a ``StreamProcessor``; a team composing its own chain
-uses them directly and puts its own operators between them::
+The chain, one instance per stream and channel (``per_channel`` splits a connection's
+events by ``AudioFrame.channel``, so two parties never share a buffer)::
 
-    played = messages.pipe(
-        stages.decode(proc),
-        stages.audio(proc),
-        ops.filter(lambda frame: frame.seq % 2 == 0),   # your operator here
-        stages.measure(proc),
-        stages.playout(proc, scheduler=scheduler, clock=clock),
-        stages.snapshots(proc, scheduler=scheduler, clock=clock),
+    messages ─ parse ─ decode ─ per_channel( snapshots
+                                             ─ jitter_buffer ─ latency_window ─ adjust ─┐
+                                                    ^                                   │
+                                                    └──────── targets ◄─────────────────┘
+                                             ─ stats ─ sinks ) ─► played frames and Stats
+
+Every operator creates its state when it is subscribed (nothing is shared between two
+subscriptions of one chain), runs its timers on the scheduler given to ``subscribe()``
+(falling back to the one it was built with, then ``TimeoutScheduler``), and composes
+with ``pipe``. ``feedback_loop`` closes the loop the card draws: the adjuster's decisions
+are an observable of target delays that the jitter buffer subscribes to; replace any
+of the three, or put your own operator between them. A team adds a stage by composing::
+
+    chain = lambda channel: reactivex.pipe(
+        stages.snapshots(config, clock=clock),
+        stages.map_frames(my_gain),                     # your stage, on decoded frames
+        stages.feedback_loop(
+            lambda targets: stages.jitter_buffer(config, targets=targets, clock=clock),
+            stages.latency_window(config),
+            stages.adjust(config, host.policies),
+        ),
+        stages.stats(),
+        stages.sinks(host, dialect=config.dialect),
     )
+    pipeline = build_pipeline(messages, scheduler=s, host=host, channel_chain=chain)
 
-Time: the scheduler decides *when* periodic work runs, ``clock`` says what time it is.
-On virtual time both come from the scheduler (``scheduler_clock``); live, the clock is
-the same monotonic clock the transport stamps arrivals with. Upstream calls and the
-periodic ticks are serialised on the processor's lock, so downstream sees one sequence.
+Inside a channel chain the items are the protocol's events, ``ConnectionEvent`` and
+``ConnectionStats`` from the transport, and the chain's own: ``Arrival`` (what the
+buffer did with a frame), ``ArrivalMeasure``, ``TargetDelay``, ``SnapshotRequest``
+(filled by each stage in turn). Each stage handles its own items and passes the rest
+on. The chain's output is the played frames (``playout_s`` set) and ``Stats`` snapshots,
+the final one last.
+
+Threads: a chain runs on the thread that delivers its items and runs its scheduler; live,
+that is the runtime's one event loop for every stream, so no stage needs a lock.
+
+Time: ``clock`` says what time it is (the transport's monotonic run clock live, the
+scheduler's own time on virtual time); the scheduler says when timers fire. Playout is
+a timer at the buffer's next due slot, not a poll. The buffer's output depends only on
+arrival times and the order of events, never on when its timers happened to fire: a
+replay of a capture gives the live run's counters bit for bit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+import logging
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any, TypeAlias, TypeVar
 
 import reactivex
 from reactivex import Observable, abc
-from reactivex import operators as ops
-from reactivex.disposable import CompositeDisposable
+from reactivex.disposable import CompositeDisposable, Disposable, SerialDisposable
+from reactivex.scheduler import TimeoutScheduler
+from reactivex.subject import Subject
 
+from .adjuster import BufferAdjuster, BufferPolicy
+from .codecs import Codec
+from .config import PipelineConfig
 from .diagnosis import Diagnosis, diagnose
-from .errors import ConfigError
-from .frames import Alert, AudioFrame, ConnectionEvent, Event, Message, Stats
+from .errors import DialectError, JitterlineError
+from .frames import (
+    Alert,
+    Arrival,
+    ArrivalMeasure,
+    AudioFrame,
+    BufferStats,
+    ConnectionEvent,
+    ConnectionStats,
+    Event,
+    Malformed,
+    Message,
+    Pong,
+    Stats,
+    StreamClosed,
+    StreamInfo,
+    StreamOpened,
+    StreamPaused,
+    StreamResumed,
+)
+from .jitterbuffer import JitterBuffer
+from .latency import LatencyWindow
 from .plugins import PluginHost
-from .stream import PipelineConfig, StreamProcessor
+from .protocols import DialectFactory, Role
+from .registry import Registry
 
 __all__ = [
     "Clock",
+    "Item",
+    "Operator",
     "Pipeline",
-    "audio",
+    "SnapshotRequest",
+    "TargetDelay",
+    "adjust",
     "build_pipeline",
     "decode",
-    "measure",
-    "playout",
+    "default_chain",
+    "feedback_loop",
+    "jitter_buffer",
+    "latency_window",
+    "map_frames",
+    "parse",
+    "per_channel",
     "scheduler_clock",
     "sinks",
     "snapshots",
+    "stats",
 ]
+
+log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 _In = TypeVar("_In")
 _Out = TypeVar("_Out")
 Operator = Callable[[Observable[_In]], Observable[_Out]]
+
+_MAX_LOGGED_KINDS = 64
+_MIN_TIMER_S = 1e-6  # a datetime-based scheduler's resolution
+
+
+@dataclass(frozen=True, slots=True)
+class TargetDelay:
+    """The adjuster's decision: the buffer should aim for ``target_ms``."""
+
+    target_ms: float
+    at_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRequest:
+    """A snapshot on its way down a channel chain: each stage fills its part of ``stats``.
+
+    ``final`` is the last one, at the end of the stream: the buffer settles its
+    accounting first (drains an ended stream, counts a cut one's frames unplayed).
+    """
+
+    stats: Stats
+    final: bool = False
+
+
+Item: TypeAlias = (
+    Event
+    | ConnectionEvent
+    | ConnectionStats
+    | Arrival
+    | ArrivalMeasure
+    | TargetDelay
+    | SnapshotRequest
+    | Stats
+)
 
 
 def scheduler_clock(scheduler: abc.SchedulerBase) -> Clock:
@@ -59,250 +161,719 @@ def scheduler_clock(scheduler: abc.SchedulerBase) -> Clock:
     return lambda: scheduler.to_seconds(scheduler.now)
 
 
-def _expand(fn: Callable[[_In], Iterable[_Out]]) -> Operator[_In, _Out]:
-    """Map each item to zero or more items, synchronously and in order."""
+# -- building blocks ------------------------------------------------------------------------
 
-    def operator(source: Observable[_In]) -> Observable[_Out]:
+
+class _Stage:
+    """One subscription's state of a stage: gets items, emits through ``emit``."""
+
+    def __init__(self, observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase) -> None:
+        self.observer = observer
+        self.scheduler = scheduler
+        self.disposables = CompositeDisposable()
+
+    def emit(self, item: Any) -> None:
+        self.observer.on_next(item)
+
+    def on_next(self, item: Any) -> None:
+        self.emit(item)
+
+    def on_completed(self) -> None:
+        self.observer.on_completed()
+
+    def on_error(self, error: Exception) -> None:
+        self.observer.on_error(error)
+
+
+def _operator(
+    make: Callable[[abc.ObserverBase[Any], abc.SchedulerBase], _Stage],
+    scheduler: abc.SchedulerBase | None = None,
+) -> Operator[Any, Any]:
+    """An operator whose ``_Stage`` is created per subscription, on the subscribe-time
+    scheduler (RxPY's ``scheduler or scheduler_`` rule, then ``TimeoutScheduler``)."""
+
+    def operator(source: Observable[Any]) -> Observable[Any]:
         def subscribe(
-            observer: abc.ObserverBase[_Out], scheduler: abc.SchedulerBase | None = None
+            observer: abc.ObserverBase[Any], scheduler_: abc.SchedulerBase | None = None
         ) -> abc.DisposableBase:
-            def on_next(item: _In) -> None:
-                for out in fn(item):
-                    observer.on_next(out)
-
-            return source.subscribe(
-                on_next, observer.on_error, observer.on_completed, scheduler=scheduler
+            chosen = scheduler_ or scheduler or TimeoutScheduler.singleton()
+            stage = make(observer, chosen)
+            upstream = source.subscribe(
+                stage.on_next, stage.on_error, stage.on_completed, scheduler=scheduler_
             )
+            stage.disposables.add(upstream)
+            return stage.disposables
 
-        return reactivex.create(subscribe)
+        return Observable(subscribe)
 
     return operator
 
 
-def decode(proc: StreamProcessor) -> Operator[Message, Event]:
-    """Messages to events; malformed input becomes a counted ``Malformed`` event."""
-    return _expand(proc.decode)
+def map_frames(fn: Callable[[AudioFrame], AudioFrame]) -> Operator[Any, Any]:
+    """Apply ``fn`` to each audio frame and pass every other item unchanged: how a team
+    puts its own processing (gain, a filter, a detector) into a chain."""
+
+    def make(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase) -> _Stage:
+        stage = _Stage(observer, scheduler)
+
+        def on_next(item: Any) -> None:
+            stage.emit(fn(item) if isinstance(item, AudioFrame) else item)
+
+        stage.on_next = on_next  # type: ignore[method-assign]
+        return stage
+
+    return _operator(make)
 
 
-def audio(proc: StreamProcessor) -> Operator[Event, AudioFrame]:
-    """Keep the audio frames; control events update the stream (id, RTT) here."""
-
-    def route(event: Event) -> list[AudioFrame]:
-        if isinstance(event, AudioFrame):
-            return [event]
-        proc.control(event)
-        return []
-
-    return _expand(route)
+# -- decode ---------------------------------------------------------------------------------
 
 
-def measure(proc: StreamProcessor) -> Operator[AudioFrame, AudioFrame]:
-    """Latency window and buffer-size adjuster; frames pass through unchanged."""
-    return ops.map(proc.measure)
+class _MalformedLog:
+    """Logs the first message of each kind of bad input; the rest are only counted."""
+
+    def __init__(self) -> None:
+        self._kinds: set[str] = set()
+
+    def note(self, event: Malformed, exc: BaseException | None = None) -> None:
+        if event.kind in self._kinds or len(self._kinds) >= _MAX_LOGGED_KINDS:
+            return
+        self._kinds.add(event.kind)
+        log.warning(
+            "stream %s: skipping malformed message (%s); more of this kind are only counted",
+            event.stream_id or "?",
+            event.detail,
+            # Our own errors describe the input; anything else is a bug worth a trace.
+            exc_info=None if exc is None or isinstance(exc, JitterlineError) else exc,
+        )
 
 
-def _locked_periodic(
-    proc: StreamProcessor,
-    scheduler: abc.SchedulerBase,
-    period_s: float,
-    action: Callable[[], None],
-) -> abc.DisposableBase:
-    def run(_: Any) -> None:
-        with proc.lock:
-            action()
-
-    if not isinstance(scheduler, abc.PeriodicSchedulerBase):
-        raise TypeError(f"{type(scheduler).__name__} cannot schedule periodic work")
-    return scheduler.schedule_periodic(period_s, run)
+def _malformed(exc: BaseException, arrival_s: float, stream_id: str) -> Malformed:
+    detail = str(exc)
+    kind = f"{type(exc).__name__}: {detail.split(':', maxsplit=1)[0][:60]}"
+    return Malformed(kind=kind, detail=detail, arrival_s=arrival_s, stream_id=stream_id)
 
 
-def playout(
-    proc: StreamProcessor, *, scheduler: abc.SchedulerBase, clock: Clock
-) -> Operator[AudioFrame, AudioFrame]:
-    """The jitter buffer: frames leave at their playout time, on the tick cadence, and
-    when the source completes the stream is closed (remaining frames count unplayed)."""
+def parse(factory: DialectFactory, *, role: Role = "client") -> Operator[Any, Any]:
+    """Messages to events through a protocol object made per subscription (a replay, a
+    test). A live shell owns its protocol object instead, because it must also send what
+    the object answers, and feeds the events to ``decode`` itself."""
 
-    def operator(source: Observable[AudioFrame]) -> Observable[AudioFrame]:
-        def subscribe(
-            observer: abc.ObserverBase[AudioFrame], _: abc.SchedulerBase | None = None
-        ) -> abc.DisposableBase:
-            def emit(frames: Iterable[AudioFrame]) -> None:
-                for frame in frames:
-                    observer.on_next(frame)
+    def make(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase) -> _Stage:
+        stage = _Stage(observer, scheduler)
+        proto = factory(role=role)
 
-            def on_next(frame: AudioFrame) -> None:
-                with proc.lock:
-                    emit(proc.playout(frame))
+        def on_next(item: Any) -> None:
+            if not isinstance(item, Message):
+                stage.emit(item)  # the transport's events pass on
+                return
+            for event in proto.receive(item):
+                stage.emit(event)
+            proto.data_to_send()  # nobody to answer on a replay
 
-            def on_completed() -> None:
-                with proc.lock:
-                    emit(proc.finish(clock()))
-                    observer.on_completed()
+        stage.on_next = on_next  # type: ignore[method-assign]
+        return stage
 
-            def on_error(error: Exception) -> None:
-                with proc.lock:
-                    emit(proc.finish(clock()))
-                    observer.on_error(error)
+    return _operator(make)
 
-            ticks = _locked_periodic(
-                proc,
-                scheduler,
-                proc.config.tick_ms / 1000.0,
-                lambda: emit(proc.tick(clock())),
+
+def decode(codecs: Registry[Codec], *, stream_id: str = "") -> Operator[Any, Any]:
+    """Decode each frame's payload to int16 samples; a frame that cannot be decoded (an
+    unknown codec, a bad length, no positive duration) becomes a counted ``Malformed``.
+
+    Anything a codec raises is caught, not only ``CodecError``: a plugin's bug must cost
+    one message, never the stream. ``stream_id`` names frames whose dialect left it empty.
+    """
+
+    def make(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase) -> _Stage:
+        stage = _Stage(observer, scheduler)
+        logged = _MalformedLog()
+
+        def on_next(item: Any) -> None:
+            if isinstance(item, Malformed):
+                logged.note(item)
+            elif isinstance(item, AudioFrame):
+                try:
+                    item = _decoded(item, codecs, stream_id)
+                except Exception as exc:
+                    item = _malformed(exc, item.arrival_s, item.stream_id or stream_id)
+                    logged.note(item, exc)
+            stage.emit(item)
+
+        stage.on_next = on_next  # type: ignore[method-assign]
+        return stage
+
+    return _operator(make)
+
+
+def _decoded(frame: AudioFrame, codecs: Registry[Codec], stream_id: str) -> AudioFrame:
+    if not (math.isfinite(frame.duration_ms) and frame.duration_ms > 0):
+        # The jitter buffer's clock advances by durations: refuse what would stall it.
+        raise DialectError(f"frame {frame.seq} lasts duration_ms={frame.duration_ms}; it must be > 0")
+    samples = codecs.get(frame.codec).decode(frame.payload)
+    return replace(frame, samples=samples, stream_id=frame.stream_id or stream_id)
+
+
+# -- per channel ----------------------------------------------------------------------------
+
+
+def per_channel(chain: Callable[[str], Operator[Any, Any]]) -> Operator[Any, Any]:
+    """Run ``chain(channel)`` once per channel of the connection and merge the outputs.
+
+    Frames go to their channel's chain, created on the channel's first frame or when
+    ``StreamOpened`` announces it; every other event goes to all channels (a late
+    channel first gets the last ``StreamOpened``). A ``Malformed`` message belongs to no
+    channel: it is counted once, in the first channel (held until one exists). A stream
+    that never had a channel still ends with one, so its final snapshot says "no audio".
+    """
+
+    def make(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase) -> _Stage:
+        return _Channels(observer, scheduler, chain)
+
+    return _operator(make)
+
+
+class _Channels(_Stage):
+    def __init__(
+        self,
+        observer: abc.ObserverBase[Any],
+        scheduler: abc.SchedulerBase,
+        chain: Callable[[str], Operator[Any, Any]],
+    ) -> None:
+        super().__init__(observer, scheduler)
+        self._chain = chain
+        self._inputs: dict[str, Subject[Any]] = {}
+        self._open = 0
+        self._opened: StreamOpened | None = None
+        self._pending: list[Malformed] = []
+        self._done = False
+
+    def _channel(self, name: str) -> Subject[Any]:
+        subject = self._inputs.get(name)
+        if subject is not None:
+            return subject
+        subject = Subject()
+        self._inputs[name] = subject
+        self._open += 1
+        self.disposables.add(
+            subject.pipe(self._chain(name)).subscribe(
+                self.emit, self.on_error, self._channel_completed, scheduler=self.scheduler
             )
-            upstream = source.subscribe(on_next, on_error, on_completed, scheduler=scheduler)
-            return CompositeDisposable(ticks, upstream)
+        )
+        if self._opened is not None:
+            subject.on_next(self._opened)
+        for malformed in self._pending:
+            subject.on_next(malformed)
+        self._pending.clear()
+        return subject
 
-        return reactivex.create(subscribe)
+    def on_next(self, item: Any) -> None:
+        if isinstance(item, AudioFrame):
+            self._channel(item.channel).on_next(item)
+        elif isinstance(item, Malformed):
+            if self._inputs:
+                next(iter(self._inputs.values())).on_next(item)
+            else:
+                self._pending.append(item)
+        else:
+            if isinstance(item, StreamOpened):
+                self._opened = item
+                for name in item.channels:
+                    self._channel(name)
+            for subject in list(self._inputs.values()):
+                subject.on_next(item)
 
-    return operator
+    def on_completed(self) -> None:
+        if not self._inputs:
+            self._channel("")
+        self._done = True
+        for subject in list(self._inputs.values()):
+            subject.on_completed()
+
+    def _channel_completed(self) -> None:
+        self._open -= 1
+        if self._done and self._open == 0:
+            self.observer.on_completed()
+
+
+# -- snapshots ------------------------------------------------------------------------------
 
 
 def snapshots(
-    proc: StreamProcessor, *, scheduler: abc.SchedulerBase, clock: Clock
-) -> Operator[AudioFrame, AudioFrame | Stats]:
-    """Interleave a ``Stats`` snapshot every ``stats_every_s`` with the played frames,
-    and a final one (balanced counters) just before completion."""
+    config: PipelineConfig, *, clock: Clock | None = None, channel: str = ""
+) -> Operator[Any, Any]:
+    """Start a ``SnapshotRequest`` down the chain every ``stats_every_s``, and a final one
+    when the input completes. Takes in what the transport says of the connection
+    (``ConnectionStats`` items), which the snapshot carries."""
 
-    def operator(source: Observable[AudioFrame]) -> Observable[AudioFrame | Stats]:
-        def subscribe(
-            observer: abc.ObserverBase[AudioFrame | Stats], _: abc.SchedulerBase | None = None
-        ) -> abc.DisposableBase:
-            def on_completed() -> None:
-                with proc.lock:
-                    observer.on_next(proc.stats(clock()))
-                    observer.on_completed()
+    def make(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase) -> _Stage:
+        return _Snapshots(observer, scheduler, config, clock, channel)
 
-            timer = _locked_periodic(
-                proc,
-                scheduler,
-                proc.config.stats_every_s,
-                lambda: None if proc.closed else observer.on_next(proc.stats(clock())),
-            )
-            upstream = source.subscribe(
-                observer.on_next, observer.on_error, on_completed, scheduler=scheduler
-            )
-            return CompositeDisposable(timer, upstream)
+    return _operator(make)
 
-        return reactivex.create(subscribe)
+
+class _Snapshots(_Stage):
+    def __init__(
+        self,
+        observer: abc.ObserverBase[Any],
+        scheduler: abc.SchedulerBase,
+        config: PipelineConfig,
+        clock: Clock | None,
+        channel: str,
+    ) -> None:
+        super().__init__(observer, scheduler)
+        self._clock = clock or scheduler_clock(scheduler)
+        self._channel = channel
+        self._stream_id = ""
+        self._connection = ConnectionStats()
+        self.disposables.add(_periodic(scheduler, config.stats_every_s, self._tick))
+
+    def _tick(self) -> None:
+        self.emit(SnapshotRequest(self._stats()))
+
+    def _stats(self) -> Stats:
+        return Stats(
+            at_s=self._clock(),
+            stream_id=self._stream_id,
+            channel=self._channel,
+            connection=self._connection,
+        )
+
+    def on_next(self, item: Any) -> None:
+        if isinstance(item, ConnectionStats):
+            self._connection = item
+            return
+        if isinstance(item, StreamOpened):
+            self._stream_id = item.stream_id
+        elif isinstance(item, AudioFrame) and not self._stream_id:
+            self._stream_id = item.stream_id
+        self.emit(item)
+
+    def on_completed(self) -> None:
+        self.disposables.clear()
+        self.emit(SnapshotRequest(self._stats(), final=True))
+        self.observer.on_completed()
+
+
+def _periodic(
+    scheduler: abc.SchedulerBase, period_s: float, action: Callable[[], None]
+) -> abc.DisposableBase:
+    if not isinstance(scheduler, abc.PeriodicSchedulerBase):
+        raise TypeError(f"{type(scheduler).__name__} cannot schedule periodic work")
+    return scheduler.schedule_periodic(period_s, lambda _: action())
+
+
+# -- the feedback loop: jitter buffer -> latency window -> adjuster -> target -> buffer -------
+
+
+def feedback_loop(
+    buffer: Callable[[Observable[float]], Operator[Any, Any]], *downstream: Operator[Any, Any]
+) -> Operator[Any, Any]:
+    """Chain ``buffer(targets)`` and ``downstream`` and feed every ``TargetDelay`` they
+    emit back into ``targets``: the loop the design card draws, made visible.
+
+    The targets subject is made per subscription. Rx delivers synchronously, so a target
+    decided on a frame's arrival reaches the buffer before the next item does.
+    """
+
+    def operator(source: Observable[Any]) -> Observable[Any]:
+        def factory(_: abc.SchedulerBase | None) -> Observable[Any]:
+            targets: Subject[float] = Subject()
+
+            def feed(item: Any) -> bool:
+                if isinstance(item, TargetDelay):
+                    targets.on_next(item.target_ms)
+                    return False
+                return True
+
+            chain: Observable[Any] = source.pipe(buffer(targets), *downstream)
+            return chain.pipe(reactivex.operators.filter(feed))
+
+        return reactivex.defer(factory)
 
     return operator
 
 
-class _Sinks:
-    """Hands played frames and snapshots to the plugins, alerts when the verdict changes,
-    and tells them the stream closed, with the final snapshot, on completion."""
+def jitter_buffer(
+    config: PipelineConfig, *, targets: Observable[float], clock: Clock | None = None
+) -> Operator[Any, Any]:
+    """The jitter buffer: each frame in becomes an ``Arrival`` (its outcome) right away,
+    and leaves as a played frame at its slot, from a timer set at the buffer's next due
+    time. Protocol events steer it: ``StreamClosed`` drains (the sender finished),
+    ``StreamPaused``/``StreamResumed`` make idle time, a reconnect re-anchors. The input
+    completing cuts the stream: what is buffered is counted unplayed."""
 
-    def __init__(self, proc: StreamProcessor, host: PluginHost) -> None:
-        self.proc = proc
+    def make(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase) -> _Stage:
+        return _Buffer(observer, scheduler, config, targets, clock)
+
+    return _operator(make)
+
+
+class _Buffer(_Stage):
+    def __init__(
+        self,
+        observer: abc.ObserverBase[Any],
+        scheduler: abc.SchedulerBase,
+        config: PipelineConfig,
+        targets: Observable[float],
+        clock: Clock | None,
+    ) -> None:
+        super().__init__(observer, scheduler)
+        self._clock = clock or scheduler_clock(scheduler)
+        self.buffer = JitterBuffer(
+            target_delay_ms=config.start_buffer_ms,
+            capacity_frames=config.capacity_frames,
+            conceal=config.conceal,
+        )
+        self._malformed = 0
+        self._connections = 0
+        self._ended = False
+        self._timer = SerialDisposable()
+        self._timer_due: float | None = None
+        self.disposables.add(self._timer)
+        self.disposables.add(targets.subscribe(self.buffer.set_target_delay))
+
+    def on_next(self, item: Any) -> None:
+        if isinstance(item, AudioFrame):
+            self._emit_all(self.buffer.push(item))
+            self.emit(Arrival(item, self.buffer.last_outcome))
+        elif isinstance(item, SnapshotRequest):
+            self.emit(self._snapshot(item))
+            return
+        elif isinstance(item, Malformed):
+            self._malformed += 1
+        elif isinstance(item, StreamClosed):
+            self._ended = True
+            self._emit_all(self.buffer.end(item.arrival_s))
+        elif isinstance(item, StreamPaused):
+            self.buffer.pause(item.arrival_s)
+        elif isinstance(item, StreamResumed):
+            self.buffer.resume(item.arrival_s)
+        elif isinstance(item, ConnectionEvent) and item.kind == "connected":
+            self._connections += 1
+            if self._connections > 1:
+                self.buffer.discontinuity(item.at_s)
+        self._schedule()
+        self.emit(item)
+
+    def _emit_all(self, frames: Iterable[AudioFrame]) -> None:
+        for frame in frames:
+            self.emit(frame)
+
+    def _schedule(self) -> None:
+        due = self.buffer.next_due_s
+        if due == self._timer_due:
+            return
+        self._timer_due = due
+        if due is None:
+            self._timer.disposable = Disposable()
+            return
+        delay_s = max(due - self._clock(), _MIN_TIMER_S)
+        self._timer.disposable = self.scheduler.schedule_relative(delay_s, self._fire)
+
+    def _fire(self, _: abc.SchedulerBase, __: Any = None) -> None:
+        self._timer_due = None
+        self._emit_all(self.buffer.pop_due(self._clock()))
+        self._schedule()
+
+    def _snapshot(self, request: SnapshotRequest) -> SnapshotRequest:
+        now = request.stats.at_s
+        if request.final:
+            self._settle(now)
+        counts = self.buffer.counts()
+        frames = replace(
+            counts, received=counts.received + self._malformed, malformed=self._malformed
+        )
+        buffer = replace(request.stats.buffer, level_ms=self.buffer.level_ms)
+        return replace(request, stats=replace(request.stats, frames=frames, buffer=buffer))
+
+    def _settle(self, now: float) -> None:
+        """At the end: a stream its sender ended plays out every slot it still holds
+        (their times may lie past ``now``); a cut one counts them unplayed."""
+        self._timer.disposable = Disposable()
+        if self._ended:
+            due = self.buffer.next_due_s
+            while due is not None:
+                self._emit_all(self.buffer.pop_due(due))
+                due = self.buffer.next_due_s
+        self._emit_all(self.buffer.close(now))
+
+
+def latency_window(config: PipelineConfig) -> Operator[Any, Any]:
+    """The latency window: measures each ``Arrival`` (RFC 3550 jitter, relative delay,
+    server time) into an ``ArrivalMeasure`` for the adjuster, and takes RTT readings from
+    pongs and the session's pings."""
+
+    def make(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase) -> _Stage:
+        stage = _Stage(observer, scheduler)
+        window = LatencyWindow(max_frames=config.window_frames, max_age_s=config.window_s)
+
+        def on_next(item: Any) -> None:
+            if isinstance(item, Arrival):
+                measure = window.observe(item.frame)
+                stage.emit(replace(measure, outcome=item.outcome))
+                return
+            if isinstance(item, SnapshotRequest):
+                now = item.stats.at_s
+                item = replace(item, stats=replace(item.stats, latency=window.snapshot(now)))
+            elif isinstance(item, Pong) and item.rtt_ms is not None:
+                window.observe_rtt(item.rtt_ms, item.arrival_s)
+            elif (
+                isinstance(item, ConnectionEvent) and item.kind == "pong" and item.rtt_ms is not None
+            ):
+                window.observe_rtt(item.rtt_ms, item.at_s)
+            stage.emit(item)
+
+        stage.on_next = on_next  # type: ignore[method-assign]
+        return stage
+
+    return _operator(make)
+
+
+def adjust(
+    config: PipelineConfig, policies: Registry[Callable[..., BufferPolicy]]
+) -> Operator[Any, Any]:
+    """The buffer-size adjuster: turns each ``ArrivalMeasure`` into the next target delay,
+    emitted as a ``TargetDelay`` when it changes (``feedback_loop`` hands it back to the
+    buffer); played frames tell it about underruns."""
+
+    def make(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase) -> _Stage:
+        stage = _Stage(observer, scheduler)
+        policy = policies.get(config.buffer_policy)(target_ms=config.buffer_ms)
+        adjuster = BufferAdjuster(
+            policy,
+            min_ms=config.min_buffer_ms,
+            max_ms=config.max_buffer_ms,
+            start_ms=config.start_buffer_ms,
+        )
+        last = [adjuster.target_ms]
+
+        def decide(target_ms: float | None, at_s: float) -> None:
+            if target_ms is not None and target_ms != last[0]:
+                last[0] = target_ms
+                stage.emit(TargetDelay(target_ms, at_s))
+
+        def on_next(item: Any) -> None:
+            if isinstance(item, ArrivalMeasure):
+                decide(adjuster.observe(item), item.arrival_s)
+                return
+            if isinstance(item, AudioFrame) and item.playout_s is not None:
+                stage.emit(item)
+                decide(adjuster.observe_played(item), item.playout_s)
+                return
+            if isinstance(item, SnapshotRequest):
+                item = replace(item, stats=replace(item.stats, buffer=_buffer_stats(adjuster, item)))
+            stage.emit(item)
+
+        stage.on_next = on_next  # type: ignore[method-assign]
+        return stage
+
+    return _operator(make)
+
+
+def _buffer_stats(adjuster: BufferAdjuster, request: SnapshotRequest) -> BufferStats:
+    adjusted = adjuster.stats()
+    return replace(adjusted, level_ms=request.stats.buffer.level_ms)
+
+
+# -- out of the chain -----------------------------------------------------------------------
+
+
+def stats() -> Operator[Any, Any]:
+    """Turn filled ``SnapshotRequest``s into ``Stats`` and drop the chain's working items
+    (arrivals, measures): what leaves is played frames, snapshots and protocol events."""
+
+    def make(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase) -> _Stage:
+        stage = _Stage(observer, scheduler)
+
+        def on_next(item: Any) -> None:
+            if isinstance(item, SnapshotRequest):
+                stage.emit(item.stats)
+            elif not isinstance(item, (Arrival, ArrivalMeasure, TargetDelay, ConnectionStats)):
+                stage.emit(item)
+
+        stage.on_next = on_next  # type: ignore[method-assign]
+        return stage
+
+    return _operator(make)
+
+
+def sinks(host: PluginHost, *, dialect: str = "", channel: str = "") -> Operator[Any, Any]:
+    """The plugin hooks, last in a channel chain; only played frames and ``Stats`` leave.
+
+    Every hook call names its stream (``StreamInfo``: ids from ``StreamOpened``, the
+    channel, the dialect); a sink keeps per-stream state under ``stream.key`` and forgets
+    it in ``jitterline_stream_closed``. A verdict change raises an ``Alert``.
+    """
+
+    def make(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase) -> _Stage:
+        return _Sinks(observer, scheduler, host, dialect, channel)
+
+    return _operator(make)
+
+
+class _Sinks(_Stage):
+    def __init__(
+        self,
+        observer: abc.ObserverBase[Any],
+        scheduler: abc.SchedulerBase,
+        host: PluginHost,
+        dialect: str,
+        channel: str,
+    ) -> None:
+        super().__init__(observer, scheduler)
         self.host = host
+        self.info = StreamInfo(stream_id="", channel=channel, dialect=dialect)
+        self.announced = False
         self.last: tuple[Stats, Diagnosis] | None = None
 
-    def on_item(self, item: AudioFrame | Stats) -> None:
-        if isinstance(item, AudioFrame):
-            self.host.notify("jitterline_frame_played", frame=item)
-            return
-        diagnosis = diagnose(item)
-        previous, self.last = self.last, (item, diagnosis)
-        self.host.notify("jitterline_stats", stats=item, diagnosis=diagnosis)
+    def _announce(self) -> None:
+        if not self.announced:
+            self.announced = True
+            self.host.notify("jitterline_stream_opened", stream=self.info)
+
+    def on_next(self, item: Any) -> None:
+        if isinstance(item, StreamOpened):
+            self.info = replace(
+                self.info,
+                stream_id=item.stream_id,
+                session_id=item.stream_id,
+                call_id=item.call_id,
+                participant_id=item.participant_id,
+            )
+            self._announce()
+        elif isinstance(item, AudioFrame):
+            if not self.info.stream_id:
+                self.info = replace(self.info, stream_id=item.stream_id)
+            self._announce()
+            self.host.notify("jitterline_frame_played", frame=item, stream=self.info)
+            self.emit(item)
+        elif isinstance(item, Stats):
+            self._stats(item)
+            self.emit(item)
+
+    def _stats(self, stats: Stats) -> None:
+        if not self.info.stream_id and stats.stream_id:
+            self.info = replace(self.info, stream_id=stats.stream_id)
+        diagnosis = diagnose(stats)
+        previous, self.last = self.last, (stats, diagnosis)
+        self.host.notify("jitterline_stats", stats=stats, diagnosis=diagnosis, stream=self.info)
         if previous is not None and previous[1].verdict != diagnosis.verdict:
             alert = Alert(
                 kind="verdict_changed",
                 message=diagnosis.summary,
-                at_s=item.at_s,
+                at_s=stats.at_s,
                 severity="info" if diagnosis.verdict == "healthy" else "warning",
                 values=dict(diagnosis.evidence),
             )
-            self.host.notify("jitterline_alert", alert=alert)
+            self.host.notify("jitterline_alert", alert=alert, stream=self.info)
 
     def on_completed(self) -> None:
         if self.last is not None:
+            self._announce()
             stats, diagnosis = self.last
             self.host.notify(
                 "jitterline_stream_closed",
-                stream_id=self.proc.stream_id,
+                stream_id=self.info.stream_id,
                 stats=stats,
                 diagnosis=diagnosis,
+                stream=self.info,
             )
+        self.observer.on_completed()
 
 
-def sinks(
-    proc: StreamProcessor, host: PluginHost
-) -> Operator[AudioFrame | Stats, AudioFrame | Stats]:
-    """The plugin hooks as the chain's last stage; items pass through unchanged."""
-    sink = _Sinks(proc, host)
-    return ops.do_action(sink.on_item, on_completed=sink.on_completed)
+# -- the default chain and the pipeline -----------------------------------------------------
+
+
+def default_chain(
+    config: PipelineConfig, host: PluginHost, *, clock: Clock | None = None
+) -> Callable[[str], Operator[Any, Any]]:
+    """The chain of the design card for one channel, as ``per_channel`` takes it."""
+
+    def chain(channel: str) -> Operator[Any, Any]:
+        return reactivex.compose(
+            snapshots(config, clock=clock, channel=channel),
+            feedback_loop(
+                lambda targets: jitter_buffer(config, targets=targets, clock=clock),
+                latency_window(config),
+                adjust(config, host.policies),
+            ),
+            stats(),
+            sinks(host, dialect=config.dialect, channel=channel),
+        )
+
+    return chain
 
 
 @dataclass(slots=True)
 class Pipeline:
-    """A built pipeline: ``output`` is the cold observable of played frames interleaved
-    with ``Stats`` snapshots (the final one last). Subscribe once."""
+    """A built pipeline: ``output`` is the cold observable of played frames interleaved with
+    ``Stats`` snapshots, the final one of each channel last; ``finals`` collects those
+    final snapshots as they come out (one per channel, in the order they completed).
 
-    processor: StreamProcessor
+    ``output`` may be subscribed more than once: each subscription is an independent run
+    of the chain over its own subscription to the source.
+    """
+
     host: PluginHost
     output: Observable[AudioFrame | Stats]
     clock: Clock
-
-    def on_connection_event(self, event: ConnectionEvent) -> None:
-        """Feed the session's lifecycle to the stream (RTT) and to the plugins."""
-        with self.processor.lock:
-            if event.kind == "pong" and event.rtt_ms is not None:
-                self.processor.window.observe_rtt(event.rtt_ms, event.at_s)
-        self.host.notify("jitterline_connection_event", event=event)
-
-    def final(self) -> tuple[Stats, Diagnosis]:
-        stats = self.processor.stats(self.clock())
-        return stats, diagnose(stats)
+    config: PipelineConfig
+    finals: list[tuple[Stats, Diagnosis]]
 
 
 def build_pipeline(
-    messages: Observable[Message],
+    source: Observable[Any],
     *,
-    scheduler: abc.SchedulerBase,
+    scheduler: abc.SchedulerBase | None = None,
     config: PipelineConfig | None = None,
     host: PluginHost | None = None,
     clock: Clock | None = None,
     stream_id: str = "",
-    insert: Mapping[str, Sequence[Operator[Any, Any]]] | None = None,
+    parsed: bool = False,
+    channel_chain: Callable[[str], Operator[Any, Any]] | None = None,
 ) -> Pipeline:
-    """Chain decode -> measure/adjust -> jitter buffer -> snapshots -> plugin sinks.
+    """Chain parse -> decode -> per channel (the design card's chain) for one connection.
 
-    ``insert`` puts your operators after a named point: ``"decoded"`` (audio frames after
-    decoding), ``"measured"`` (after the latency window) or ``"played"`` (frames and
-    snapshots after the buffer, before the plugins).
+    ``source`` carries raw ``Message``s (a replay, a test); a live shell that owns its
+    protocol object passes its events instead with ``parsed=True``. ``channel_chain``
+    replaces the default per-channel chain (see the module docstring).
     """
     config = config or PipelineConfig()
     host = host or PluginHost()
-    clock = clock or scheduler_clock(scheduler)
-    extra = dict(insert or {})
-    unknown = set(extra) - {"decoded", "measured", "played"}
-    if unknown:
-        raise ConfigError(
-            f"unknown insert point(s) {sorted(unknown)}; use decoded, measured or played"
-        )
-    proc = StreamProcessor(
-        config,
-        dialects=host.dialects,
-        codecs=host.codecs,
-        policies=host.policies,
-        stream_id=stream_id,
-    )
+    if clock is None:
+        if scheduler is None:
+            raise ValueError("pass the scheduler (or a clock) the pipeline keeps time with")
+        clock = scheduler_clock(scheduler)
+    chain = channel_chain or default_chain(config, host, clock=clock)
+    finals: list[tuple[Stats, Diagnosis]] = []
+    ops: list[Operator[Any, Any]] = []
+    if not parsed:
+        ops.append(parse(host.dialects.get(config.dialect)))
+    ops += [decode(host.codecs, stream_id=stream_id), per_channel(chain)]
+    composed: Observable[Any] = source.pipe(*ops)
+    output = _with_finals(composed, finals)
+    return Pipeline(host=host, output=output, clock=clock, config=config, finals=finals)
 
-    def capture(message: Message) -> None:
-        host.notify("jitterline_raw_message", message=message, stream_id=proc.stream_id)
 
-    chain: list[Operator[Any, Any]] = [
-        ops.do_action(capture),
-        decode(proc),
-        audio(proc),
-        *extra.get("decoded", ()),
-        measure(proc),
-        *extra.get("measured", ()),
-        playout(proc, scheduler=scheduler, clock=clock),
-        snapshots(proc, scheduler=scheduler, clock=clock),
-        *extra.get("played", ()),
-        sinks(proc, host),
-    ]
-    output: Observable[AudioFrame | Stats] = messages.pipe(*chain)
-    return Pipeline(processor=proc, host=host, output=output, clock=clock)
+def _with_finals(
+    source: Observable[AudioFrame | Stats], finals: list[tuple[Stats, Diagnosis]]
+) -> Observable[AudioFrame | Stats]:
+    """Record each channel's last snapshot (the final one) as the output completes."""
+
+    def subscribe(
+        observer: abc.ObserverBase[AudioFrame | Stats], scheduler: abc.SchedulerBase | None = None
+    ) -> abc.DisposableBase:
+        last: dict[str, Stats] = {}
+
+        def on_next(item: AudioFrame | Stats) -> None:
+            if isinstance(item, Stats):
+                last[item.channel] = item
+            observer.on_next(item)
+
+        def on_completed() -> None:
+            finals.extend((stats, diagnose(stats)) for stats in last.values())
+            observer.on_completed()
+
+        return source.subscribe(on_next, observer.on_error, on_completed, scheduler=scheduler)
+
+    return Observable(subscribe)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from jitterline import hookimpl
-from jitterline.frames import Alert
+from jitterline.frames import Alert, StreamInfo
 
 __all__ = ["AlertLog", "plugin"]
 
@@ -18,8 +18,12 @@ class AlertLog:
     """Alerts become log records, so any logging setup (file, syslog, JSON) gets them."""
 
     @hookimpl
-    def jitterline_alert(self, alert: Alert) -> None:
-        log.log(_LEVELS[alert.severity], "%s: %s", alert.kind, alert.message)
+    def jitterline_alert(self, alert: Alert, stream: StreamInfo | None) -> None:
+        if stream is None:
+            log.log(_LEVELS[alert.severity], "%s: %s", alert.kind, alert.message)
+            return
+        where = stream.stream_id + (f"/{stream.channel}" if stream.channel else "")
+        log.log(_LEVELS[alert.severity], "%s: %s: %s", where, alert.kind, alert.message)
 
 
 plugin = AlertLog()

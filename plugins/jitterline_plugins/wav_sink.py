@@ -1,71 +1,143 @@
-"""Writes the played audio (concealment included) to a WAV file: ``--wav PATH``.
+"""Writes each stream's played audio (concealment included) to a WAV file: ``--wav TEMPLATE``.
 
-The file is opened on the first played frame, whose rate and channel count it takes,
-and closed when the stream closes. Frames of another rate or channel count are skipped
-and counted, since a WAV file has one format.
+One file per stream and channel, named by a template with ``{stream_id}``, ``{call_id}``,
+``{channel}``, ``{session_id}``, ``{participant_id}`` and ``{dialect}`` (ids are made safe
+for a file name). A path without placeholders serves a single-stream command as is; when a
+second stream or channel opens, it and every later one get ``-{stream_id}-{channel}``
+before the suffix, so two streams never share a file.
+
+A file is opened on its stream's first played frame, whose rate and channel count it
+takes, and closed (header fixed) when that stream closes. Frames of another format are
+skipped and counted, since a WAV file has one format.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import wave
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jitterline import hookimpl
-from jitterline.frames import AudioFrame
+from jitterline import ConfigError, hookimpl
+from jitterline.frames import AudioFrame, StreamInfo
 
 __all__ = ["WavSink", "plugin"]
 
 log = logging.getLogger(__name__)
 
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_FIELDS = ("stream_id", "call_id", "channel", "session_id", "participant_id", "dialect")
+
+
+@dataclass(slots=True)
+class _File:
+    path: Path
+    wav: wave.Wave_write
+    rate: int
+    channels: int
+    frames: int = 0
+    skipped: int = 0
+
 
 class WavSink:
-    """One WAV file per process run; no path configured means the sink does nothing."""
+    """Per-stream WAV files, kept under ``StreamInfo.key``; no template means no files."""
 
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path
-        self.frames_written = 0
-        self.frames_skipped = 0
-        self._wav: wave.Wave_write | None = None
-        self._format: tuple[int, int] | None = None
+    def __init__(self, template: str | Path | None = None) -> None:
+        self.template = None if template is None else str(template)
+        self.written: dict[tuple[str, str], Path] = {}
+        self._files: dict[tuple[str, str], _File] = {}
+        self._streams = 0
 
     @hookimpl
     def jitterline_add_options(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
-            "--wav", type=Path, metavar="PATH", help="write the played audio to a WAV file"
+            "--wav",
+            metavar="TEMPLATE",
+            help="write each stream's played audio to a WAV file; the path may use "
+            "{stream_id}, {call_id}, {channel} (one file per stream and channel)",
         )
 
     @hookimpl
     def jitterline_configure(self, options: Mapping[str, Any]) -> None:
-        if "wav" in options:  # each CLI run says; no --wav means no file this run
-            self.path = None if options["wav"] is None else Path(options["wav"])
+        if "wav" not in options:
+            return
+        self.template = None if options["wav"] is None else str(options["wav"])
+        if self.template is not None:
+            _check_template(self.template)
 
     @hookimpl
-    def jitterline_frame_played(self, frame: AudioFrame) -> None:
-        if self.path is None or frame.samples is None:
+    def jitterline_frame_played(self, frame: AudioFrame, stream: StreamInfo) -> None:
+        if self.template is None or frame.samples is None:
             return
-        fmt = (frame.sample_rate, frame.channels)
-        if self._wav is None:
-            self._wav = wave.open(str(self.path), "wb")  # noqa: SIM115 - closed in stream_closed
-            self._wav.setnchannels(frame.channels)
-            self._wav.setsampwidth(2)
-            self._wav.setframerate(frame.sample_rate)
-            self._format = fmt
-        if fmt != self._format:
-            self.frames_skipped += 1
+        out = self._files.get(stream.key)
+        if out is None:
+            out = self._open(stream, frame)
+        if (frame.sample_rate, frame.channels) != (out.rate, out.channels):
+            out.skipped += 1
             return
-        self._wav.writeframes(frame.samples.astype("<i2").tobytes())
-        self.frames_written += 1
+        out.wav.writeframes(frame.samples.astype("<i2").tobytes())
+        out.frames += 1
 
     @hookimpl
-    def jitterline_stream_closed(self) -> None:
-        if self._wav is not None:
-            self._wav.close()
-            self._wav = None
-            log.info("wrote %d frames to %s", self.frames_written, self.path)
+    def jitterline_stream_closed(self, stream: StreamInfo) -> None:
+        out = self._files.pop(stream.key, None)
+        if out is None:
+            return
+        out.wav.close()
+        self.written[stream.key] = out.path
+        log.info("wrote %d frames of stream %s to %s", out.frames, stream.stream_id, out.path)
+        if out.skipped:
+            log.warning("skipped %d frames of another format in %s", out.skipped, out.path)
+
+    def close(self) -> None:
+        """Close every open file (the run is ending): each stays a valid WAV."""
+        for key in list(self._files):
+            out = self._files.pop(key)
+            out.wav.close()
+            self.written[key] = out.path
+
+    def _open(self, stream: StreamInfo, frame: AudioFrame) -> _File:
+        assert self.template is not None
+        self._streams += 1
+        path = Path(_render(self.template, stream, first=self._streams == 1))
+        wav = wave.open(str(path), "wb")  # noqa: SIM115 - closed in stream_closed or close()
+        wav.setnchannels(frame.channels)
+        wav.setsampwidth(2)
+        wav.setframerate(frame.sample_rate)
+        out = _File(path, wav, frame.sample_rate, frame.channels)
+        self._files[stream.key] = out
+        return out
+
+
+def _check_template(template: str) -> None:
+    """Refuse a template that cannot work before any audio flows, in the user's terms."""
+    try:
+        template.format(**dict.fromkeys(_FIELDS, "x"))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"--wav {template!r} has an unknown placeholder ({exc}); use "
+            + ", ".join("{" + name + "}" for name in _FIELDS)
+        ) from exc
+    parent = Path(template).parent
+    if "{" not in str(parent) and not parent.is_dir():
+        raise ConfigError(
+            f"--wav {template!r}: directory {str(parent)!r} does not exist; create it first"
+        )
+
+
+def _render(template: str, stream: StreamInfo, *, first: bool) -> str:
+    values = {name: _UNSAFE.sub("_", str(getattr(stream, name))) or "-" for name in _FIELDS}
+    if "{" in template:
+        return template.format(**values)
+    if first:
+        return template
+    path = Path(template)
+    tag = "-".join(part for part in (values["stream_id"], values["channel"]) if part != "-")
+    return str(path.with_name(f"{path.stem}-{tag}{path.suffix}"))
 
 
 plugin = WavSink()
