@@ -1,7 +1,11 @@
-"""JSON-text wire helpers shared by the dialects that speak JSON over text messages.
+"""What the dialects that speak JSON over text messages share: wire checks and the way a
+refused message becomes an event.
 
 Each dialect passes its own words (``Wording``) so that error messages still say which
-dialect refused what and what to do next; only the checks themselves live here.
+dialect refused what and what to do next; only the checks themselves live here. A check
+raises ``Refused`` with a ``kind`` (a short, stable name of the rule that was broken) so
+that the pipeline can log each kind once and count the rest; ``refusal`` turns it into the
+one ``Malformed`` event a protocol object returns.
 """
 
 from __future__ import annotations
@@ -15,19 +19,31 @@ from typing import Any
 
 from .. import checks
 from ..errors import ConfigError, DialectError
-from ..frames import Message
+from ..frames import Malformed, Message
+from . import ROLES, Role
 
 __all__ = [
+    "Refused",
     "Wording",
     "b64_text",
     "check_max_message_chars",
+    "check_role",
     "decode_audio",
     "dumps",
     "load_object",
+    "refusal",
     "short",
 ]
 
 SHORT_CHARS = 40
+
+
+class Refused(DialectError):
+    """A received message broke the dialect's rules; ``kind`` names the rule."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,9 +62,24 @@ class Wording:
     constant_hint: str = ""
 
 
+def check_role(role: object, dialect: str) -> Role:
+    """A protocol object's ``role``, refused unless one of ``ROLES``."""
+    for known in ROLES:
+        if isinstance(role, str) and role == known:
+            return known
+    raise ConfigError(
+        f"role={short(role)} is not one of {', '.join(ROLES)}; a {dialect} object is "
+        "'client' when we open the connection and 'server' when the peer does"
+    )
+
+
 def check_max_message_chars(value: object, default: int) -> int:
     """A dialect's ``max_message_chars`` option, refused unless a positive int."""
     return checks.count("max_message_chars", value, low=1, hint=f"the default is {default}")
+
+
+def refusal(exc: Refused, message: Message, stream_id: str, *, fatal: bool = False) -> Malformed:
+    return Malformed(exc.kind, str(exc), message.arrival_s, stream_id=stream_id, fatal=fatal)
 
 
 def dumps(document: dict[str, Any], *, what: str, advice: str) -> str:
@@ -61,31 +92,36 @@ def dumps(document: dict[str, Any], *, what: str, advice: str) -> str:
 
 def load_object(message: Message, max_chars: int, wording: Wording) -> dict[str, Any]:
     """Decode a JSON object with a string type key, turning every foreign error into
-    ``DialectError``; the size check comes first so a runaway peer costs no parsing."""
+    ``Refused``; the size check comes first so a runaway peer costs no parsing."""
     data = message.data
     if not isinstance(data, str):
-        raise DialectError(f"binary message of {len(data)} bytes; {wording.binary_note}")
+        raise Refused("binary", f"binary message of {len(data)} bytes; {wording.binary_note}")
     if len(data) > max_chars:
-        raise DialectError(
+        raise Refused(
+            "too_large",
             f"text message of {len(data)} chars exceeds max_message_chars={max_chars}; "
-            f"{wording.size_hint}"
+            f"{wording.size_hint}",
         )
     reject = functools.partial(_reject_constant, wording.constant_hint)
     try:
         document = json.loads(data, parse_constant=reject)
     except (ValueError, RecursionError) as exc:
-        raise DialectError(f"message is not valid JSON: {short(str(exc))}") from exc
+        raise Refused("not_json", f"message is not valid JSON: {short(str(exc))}") from exc
     if not isinstance(document, dict):
-        raise DialectError(f"{wording.noun} is a JSON {type(document).__name__}, not an object")
+        raise Refused(
+            "not_object", f"{wording.noun} is a JSON {type(document).__name__}, not an object"
+        )
     kind = document.get(wording.type_key)
     if not isinstance(kind, str):
-        raise DialectError(f"{wording.noun} {wording.type_key} {short(kind)} is not a string")
+        raise Refused(
+            "no_type", f"{wording.noun} {wording.type_key} {short(kind)} is not a string"
+        )
     return document
 
 
 def _reject_constant(hint: str, name: str) -> None:
     suffix = f"; {hint}" if hint else ""
-    raise DialectError(f"JSON constant {name} is not a number{suffix}")
+    raise Refused("not_json", f"JSON constant {name} is not a number{suffix}")
 
 
 def b64_text(audio: bytes) -> str:
@@ -95,13 +131,13 @@ def b64_text(audio: bytes) -> str:
 def decode_audio(text: object, label: str, *, empty_hint: str) -> bytes:
     """Strict base64 (no newlines, no stray characters), refusing empty audio."""
     if not isinstance(text, str) or not text.isascii():
-        raise DialectError(f"{label} {short(text)} is not a base64 string")
+        raise Refused("audio", f"{label} {short(text)} is not a base64 string")
     try:
         audio = base64.b64decode(text, validate=True)
     except binascii.Error as exc:
-        raise DialectError(f"{label} is not strict base64: {exc}") from exc
+        raise Refused("audio", f"{label} is not strict base64: {exc}") from exc
     if not audio:
-        raise DialectError(f"{label} is empty; {empty_hint}")
+        raise Refused("audio", f"{label} is empty; {empty_hint}")
     return audio
 
 

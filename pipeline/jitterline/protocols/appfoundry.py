@@ -1,9 +1,9 @@
 """The "appfoundry" dialect: the seed tutorial's JSON stream, with jitterline's conventions.
 
 Every message is a text envelope ``{"type", "timestamp", "payload"}`` with ``timestamp`` in
-epoch seconds of the sender's wall clock (PROTOCOLS.md section 4). The server sends
-``audio_chunk``, ``error`` and its answer to our ``initialize``; the client sends
-``initialize`` and ``user_input``. Binary WebSocket messages are not part of the dialect.
+epoch seconds of the sender's wall clock (docs/protocols.md, "appfoundry"). The client
+sends ``initialize`` and ``user_input``; the server answers ``initialize`` with its own and
+sends ``audio_chunk`` and ``error``. Binary WebSocket messages are not part of the dialect.
 
 ``audio_chunk`` becomes an ``AudioFrame`` whose ``media_ms`` is the capture time
 (``payload.timestamp``) times 1000: an epoch-based media clock. Its offset from our clock is
@@ -16,10 +16,11 @@ A chunk without ``seq`` gets the highest number seen so far plus one (0 for the 
 "highest" rather than "last" so that a late, reordered frame cannot make the next unnumbered
 chunk a duplicate of one already received.
 
-Parsing is strict: anything off the convention raises ``DialectError`` (counted as malformed
-by the decode stage, never fatal) and leaves the dialect's state as it was. Serializers are
-not strict, so the emulator can build off-convention messages on purpose; they only refuse
-what JSON cannot carry (``ConfigError``).
+Receiving is strict: anything off the convention becomes one ``Malformed`` event (never
+fatal: the dialect has no error reply, and one bad chunk costs one frame) and leaves the
+object's state as it was. Serializers are not strict, so the emulator can build
+off-convention messages on purpose; they only refuse what JSON cannot carry
+(``ConfigError``).
 """
 
 from __future__ import annotations
@@ -27,19 +28,22 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import codecs
 from ..errors import CodecError, ConfigError, DialectError
-from ..frames import AudioFrame, Event, Message, StreamError, StreamOpened
-from . import _jsontext
-from ._jsontext import short
+from ..frames import AudioFrame, Event, Message, StreamError, StreamOpened, StreamSignal
+from . import Role, _jsontext
+from ._jsontext import Refused, short
 
 __all__ = [
+    "CHANNELS",
     "FORMATS",
     "MAX_MESSAGE_CHARS",
-    "SERVER_TYPES",
+    "TRANSITIONS",
     "AppFoundryDialect",
+    "AudioChunk",
     "audio_chunk_message",
     "error_message",
     "initialize_ack_message",
@@ -49,11 +53,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SERVER_TYPES = ("audio_chunk", "error", "initialize")
-"""Envelope types a server sends; ``user_input`` is client-to-server only."""
-
 FORMATS = ("L16", "PCMU", "PCMA")
 """Values of ``audio_chunk.payload.format``; "L16" is little-endian (WAV order)."""
+
+CHANNELS = ("",)
+"""``StreamOpened.channels``: one unnamed party (interleaved multichannel audio stays one
+frame per chunk)."""
 
 MAX_MESSAGE_CHARS = 1_000_000
 """Default cap on a text message: about 45 s of 8 kHz L16 mono once base64 encoded."""
@@ -66,6 +71,28 @@ MAX_WALL_S = 1e11
 
 RATE_RANGE = (8000, 192000)
 CHANNEL_RANGE = (1, 8)
+
+TRANSITIONS: dict[Role, dict[str, dict[str, str]]] = {
+    "client": {
+        # "idle": no connection_made yet (a replay feeds recorded messages this way).
+        "idle": {"initialize": "open", "audio_chunk": "open", "error": "idle"},
+        "connecting": {"initialize": "open", "audio_chunk": "open", "error": "connecting"},
+        "open": {"initialize": "open", "audio_chunk": "open", "error": "open"},
+    },
+    "server": {
+        "awaiting_initialize": {"initialize": "streaming"},
+        # A repeated initialize is answered again: the tutorial's client re-sends it.
+        "streaming": {"initialize": "streaming", "user_input": "streaming"},
+    },
+}
+"""Per role: state -> {received message type -> next state}. A type the role can receive
+but the state does not list is out of order; a type the role never receives is unknown."""
+
+_INITIAL: dict[Role, str] = {"client": "idle", "server": "awaiting_initialize"}
+_RECEIVED_TYPES: dict[Role, tuple[str, ...]] = {
+    role: tuple(dict.fromkeys(kind for moves in table.values() for kind in moves))
+    for role, table in TRANSITIONS.items()
+}
 _WORDING = _jsontext.Wording(
     binary_note="the appfoundry dialect is JSON text only",
     size_hint="raise the limit if the sender's chunks are really this large",
@@ -75,54 +102,179 @@ _WORDING = _jsontext.Wording(
 )
 
 
-class AppFoundryDialect:
-    """One appfoundry stream's parser and ``initialize`` builder.
+@dataclass(frozen=True, slots=True)
+class AudioChunk:
+    """What one server ``audio_chunk`` carries, for whoever originates audio (the
+    emulator, a local endpoint). ``seq=None`` leaves ``seq`` out (the receiver numbers
+    it); ``sent_wall_s`` stamps the envelope, so that an emulated server can put its
+    processing delay between capture and send."""
 
-    ``wall_clock`` (epoch seconds) is required because ``opening()`` must stamp the
-    ``initialize`` envelope and the core never reads the wall clock itself; pass
-    ``time.time`` on a live run, the scheduler's clock on a replay. ``stream_id`` is the
-    session id if known up front; ``opening()`` and a server ``initialize`` carrying
-    ``sessionId`` replace it.
+    audio: bytes = field(repr=False)
+    capture_wall_s: float
+    sent_wall_s: float
+    seq: int | None = None
+    codec: str = "L16"
+    rate: int = 8000
+    channels: int = 1
+
+    def message(self) -> str:
+        return audio_chunk_message(
+            self.audio,
+            seq=self.seq,
+            capture_wall_s=self.capture_wall_s,
+            sent_wall_s=self.sent_wall_s,
+            codec=self.codec,
+            rate=self.rate,
+            channels=self.channels,
+        )
+
+
+class AppFoundryDialect:
+    """One appfoundry connection's protocol object, in either role.
+
+    ``client``: we dialled out. ``connection_made`` queues ``initialize`` (``session_id``,
+    ``metadata``); server messages become events. A reconnect calls ``connection_made``
+    again and the stream goes on (``connection_lost`` returns nothing).
+
+    ``server``: the peer dialled us (the emulator, a local endpoint). Each ``initialize``
+    is answered with ``initialize`` and opens the stream; ``send_audio`` / ``send_error``
+    queue what the server originates. ``session_id`` is the id used when an
+    ``initialize`` names none.
+
+    ``wall_clock`` (epoch seconds) stamps the envelopes we originate, since the object
+    never reads a clock itself: ``time.time`` live, the scheduler's clock on a replay.
     """
 
     name = "appfoundry"
 
     def __init__(
         self,
-        stream_id: str = "",
         *,
+        role: Role,
+        session_id: str = "",
+        metadata: Mapping[str, Any] | None = None,
         wall_clock: Callable[[], float],
         max_message_chars: int = MAX_MESSAGE_CHARS,
     ) -> None:
+        self.role: Role = _jsontext.check_role(role, self.name)
         self.max_message_chars = _jsontext.check_max_message_chars(
             max_message_chars, MAX_MESSAGE_CHARS
         )
-        self.stream_id = stream_id
-        self._wall_clock = wall_clock
-        self._next_seq = 0
-
-    def opening(self, session_id: str, metadata: Mapping[str, Any]) -> list[str | bytes]:
-        """The client ``initialize``; the session id becomes this stream's id."""
         self.stream_id = session_id
-        return [initialize_message(session_id, metadata, now_wall_s=self._wall_clock())]
+        self.metadata = dict(metadata or {})
+        self.state = _INITIAL[self.role]
+        self._wall_clock = wall_clock
+        self._outgoing: list[str | bytes] = []
+        self._next_seq = 0
+        self._ended = False
 
-    def parse(self, message: Message) -> list[Event]:
+    def __repr__(self) -> str:
+        return f"AppFoundryDialect(role={self.role!r}, state={self.state!r})"
+
+    # -- the Dialect contract -----------------------------------------------------------
+
+    def connection_made(self, now_s: float) -> None:
+        if self.role == "client":
+            self.state = "connecting"
+            self._queue(
+                initialize_message(self.stream_id, self.metadata, now_wall_s=self._wall_clock())
+            )
+
+    def receive(self, message: Message) -> list[Event]:
+        try:
+            return self._receive(message)
+        except Refused as exc:
+            return [_jsontext.refusal(exc, message, self.stream_id)]
+
+    def data_to_send(self) -> list[str | bytes]:
+        outgoing, self._outgoing = self._outgoing, []
+        return outgoing
+
+    def next_deadline_s(self) -> float | None:
+        return None  # the dialect has no keep-alive or handshake timeout of its own
+
+    def timer(self, now_s: float) -> list[Event]:
+        return []
+
+    def end(self, reason: str, now_s: float) -> None:
+        """The dialect has no closing message: ending is closing the socket."""
+        self._ended = True
+
+    def connection_lost(self, now_s: float) -> list[Event]:
+        """Nothing: a client reconnects and the live stream goes on, and a server cannot
+        tell a client that left from one about to come back on another connection."""
+        return []
+
+    def close_expected(self) -> bool:
+        return self._ended
+
+    # -- what we originate ----------------------------------------------------------------
+
+    def send_user_input(self, text: str, user_id: str) -> None:
+        """Client: the tutorial's ``user_input``, after our ``initialize``."""
+        self._require("client", "connecting", "open", doing="send user_input")
+        self._queue(user_input_message(text, user_id, now_wall_s=self._wall_clock()))
+
+    def send_audio(self, chunk: AudioChunk) -> None:
+        """Server: one ``audio_chunk``, once the client's ``initialize`` opened the stream."""
+        self._require("server", "streaming", doing="send audio")
+        self._queue(chunk.message())
+
+    def send_error(self, code: str | int, text: str) -> None:
+        """Server: an in-band ``error`` (the stream may go on); allowed in any state, since
+        it may answer a bad ``initialize``."""
+        self._require("server", *TRANSITIONS["server"], doing="send an error")
+        self._queue(error_message(code, text, now_wall_s=self._wall_clock()))
+
+    def _require(self, role: Role, *states: str, doing: str) -> None:
+        """Refuse to originate what the peer would not expect (h11's LocalProtocolError)."""
+        if self.role != role:
+            raise DialectError(f"an appfoundry {self.role} does not {doing}; only a {role} does")
+        if self.state not in states:
+            raise DialectError(
+                f"cannot {doing} in state {self.state!r}; an appfoundry {role} does that "
+                f"in state {' or '.join(states)}"
+            )
+
+    def _queue(self, text: str) -> None:
+        self._outgoing.append(text)
+
+    # -- receiving ------------------------------------------------------------------------
+
+    def _receive(self, message: Message) -> list[Event]:
         envelope = _jsontext.load_object(message, self.max_message_chars, _WORDING)
         kind = envelope["type"]
-        if kind not in SERVER_TYPES:
-            raise DialectError(
-                f"unknown appfoundry message type {short(kind)}; a server sends "
-                f"{', '.join(SERVER_TYPES)}"
-            )
+        next_state = self._next_state(kind)
         sent_wall_s = _optional_wall_s(envelope, "timestamp", f"{kind} envelope timestamp")
         payload = envelope.get("payload")
         if not isinstance(payload, dict):
-            raise DialectError(f"{kind} payload {short(payload)} is not a JSON object")
+            raise Refused("payload", f"{kind} payload {short(payload)} is not a JSON object")
         if kind == "audio_chunk":
-            return [self._audio_frame(payload, message, sent_wall_s)]
-        if kind == "error":
-            return [self._stream_error(payload, message)]
-        return [self._stream_opened(payload, message)]
+            events: list[Event] = [self._audio_frame(payload, message, sent_wall_s)]
+        elif kind == "error":
+            events = [self._stream_error(payload, message)]
+        elif kind == "user_input":
+            events = [self._user_input(payload, message)]
+        else:
+            events = [self._stream_opened(payload, message)]
+        self.state = next_state
+        return events
+
+    def _next_state(self, kind: str) -> str:
+        moves = TRANSITIONS[self.role][self.state]
+        if kind in moves:
+            return moves[kind]
+        received = _RECEIVED_TYPES[self.role]
+        peer = "server" if self.role == "client" else "client"
+        if kind in received:
+            raise Refused(
+                "out_of_order",
+                f"appfoundry {kind} in state {self.state!r}; a {peer} sends initialize first",
+            )
+        raise Refused(
+            "unknown_type",
+            f"unknown appfoundry message type {short(kind)}; a {peer} sends {', '.join(received)}",
+        )
 
     def _audio_frame(
         self, payload: dict[str, Any], message: Message, sent_wall_s: float | None
@@ -130,12 +282,17 @@ class AppFoundryDialect:
         codec = _format(payload)
         rate = _bounded_int(payload, "rate", RATE_RANGE, default=RATE_RANGE[0])
         channels = _bounded_int(payload, "channels", CHANNEL_RANGE, default=CHANNEL_RANGE[0])
-        audio = _audio(payload)
+        audio = _jsontext.decode_audio(
+            payload.get("audio"),
+            "audio_chunk payload.audio",
+            empty_hint="a chunk must carry audio",
+        )
         capture_wall_s = _optional_wall_s(payload, "timestamp", "audio_chunk payload.timestamp")
         if capture_wall_s is None:
-            raise DialectError(
+            raise Refused(
+                "timestamp",
                 "audio_chunk without payload.timestamp (capture time, epoch seconds); "
-                "the frame has no place on the media clock"
+                "the frame has no place on the media clock",
             )
         seq = _bounded_int(payload, "seq", (0, MAX_SEQ), default=self._next_seq)
         frame = AudioFrame(
@@ -158,23 +315,42 @@ class AppFoundryDialect:
     def _stream_error(self, payload: dict[str, Any], message: Message) -> StreamError:
         code = payload.get("code", "")
         if isinstance(code, bool) or not isinstance(code, (str, int)):
-            raise DialectError(f"error payload.code {short(code)} is not a string or int")
+            raise Refused("error_code", f"error payload.code {short(code)} is not a string or int")
         text = payload.get("message", "")
         if not isinstance(text, str):
-            raise DialectError(f"error payload.message {short(text)} is not a string")
+            raise Refused("error_message", f"error payload.message {short(text)} is not a string")
         return StreamError(self.stream_id, message.arrival_s, str(code), text)
 
     def _stream_opened(self, payload: dict[str, Any], message: Message) -> StreamOpened:
+        """A server's answer (client role) or a client's ``initialize`` (server role, which
+        answers it); the session id it names becomes this stream's id."""
         session_id = payload.get("sessionId", self.stream_id or None)
         if not isinstance(session_id, str) or not session_id:
-            raise DialectError(
-                f"initialize payload.sessionId {short(session_id)} is not a non-empty string"
+            raise Refused(
+                "session_id",
+                f"initialize payload.sessionId {short(session_id)} is not a non-empty string",
+            )
+        metadata = payload.get("metadata", {})
+        if not isinstance(metadata, dict):
+            raise Refused(
+                "metadata", f"initialize payload.metadata {short(metadata)} is not a JSON object"
             )
         if session_id != self.stream_id:
             logger.debug("appfoundry session id %r learned from initialize", session_id)
         self.stream_id = session_id
+        if self.role == "server":
+            self._queue(initialize_ack_message(session_id, now_wall_s=self._wall_clock()))
         info = {key: value for key, value in payload.items() if key != "sessionId"}
-        return StreamOpened(session_id, message.arrival_s, info)
+        return StreamOpened(session_id, message.arrival_s, info, channels=CHANNELS)
+
+    def _user_input(self, payload: dict[str, Any], message: Message) -> StreamSignal:
+        for key in ("text", "userId"):
+            value = payload.get(key, "")
+            if not isinstance(value, str):
+                raise Refused(
+                    "user_input", f"user_input payload.{key} {short(value)} is not a string"
+                )
+        return StreamSignal(self.stream_id, message.arrival_s, "user_input", dict(payload))
 
 
 def initialize_message(session_id: str, metadata: Mapping[str, Any], *, now_wall_s: float) -> str:
@@ -185,7 +361,7 @@ def initialize_message(session_id: str, metadata: Mapping[str, Any], *, now_wall
 
 
 def initialize_ack_message(session_id: str, *, now_wall_s: float) -> str:
-    """The server's answer to ``initialize``; parsed as ``StreamOpened``."""
+    """The server's answer to ``initialize``; the client's ``StreamOpened``."""
     return _envelope("initialize", now_wall_s, {"sessionId": session_id})
 
 
@@ -213,7 +389,7 @@ def audio_chunk_message(
 
 
 def error_message(code: str | int, message: str, *, now_wall_s: float) -> str:
-    """A server ``error``; parsed as ``StreamError`` (the stream may go on)."""
+    """A server ``error``; the client's ``StreamError`` (the stream may go on)."""
     return _envelope("error", now_wall_s, {"code": code, "message": message})
 
 
@@ -225,15 +401,19 @@ def _envelope(kind: str, now_wall_s: float, payload: dict[str, Any]) -> str:
 
 
 def _optional_wall_s(container: dict[str, Any], key: str, label: str) -> float | None:
+    """Epoch seconds in 0..MAX_WALL_S. The range is checked before any float conversion: a
+    JSON integer hundreds of digits long is a legal document, and ``float()`` of it
+    overflows."""
     if key not in container:
         return None
     value = container[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise DialectError(f"{label} {short(value)} is not a number of epoch seconds")
-    if not (math.isfinite(value) and 0 <= value <= MAX_WALL_S):
-        raise DialectError(
+        raise Refused("timestamp", f"{label} {short(value)} is not a number of epoch seconds")
+    if (isinstance(value, float) and not math.isfinite(value)) or not 0 <= value <= MAX_WALL_S:
+        raise Refused(
+            "timestamp",
             f"{label}={short(value)} is outside 0..{MAX_WALL_S:.0e} epoch seconds; "
-            "check that the sender uses seconds, not milliseconds"
+            "check that the sender uses seconds, not milliseconds",
         )
     return float(value)
 
@@ -243,30 +423,25 @@ def _bounded_int(
 ) -> int:
     value = payload.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise DialectError(f"audio_chunk payload.{key} {short(value)} is not an integer")
+        raise Refused(key, f"audio_chunk payload.{key} {short(value)} is not an integer")
     low, high = bounds
     if not low <= value <= high:
-        raise DialectError(f"audio_chunk payload.{key}={short(value)} is outside {low}..{high}")
+        raise Refused(key, f"audio_chunk payload.{key}={short(value)} is outside {low}..{high}")
     return value
 
 
 def _format(payload: dict[str, Any]) -> str:
     codec = payload.get("format", FORMATS[0])
     if codec not in FORMATS:
-        raise DialectError(
-            f"audio_chunk payload.format {short(codec)} is not one of {', '.join(FORMATS)}"
+        raise Refused(
+            "format",
+            f"audio_chunk payload.format {short(codec)} is not one of {', '.join(FORMATS)}",
         )
     return str(codec)
-
-
-def _audio(payload: dict[str, Any]) -> bytes:
-    return _jsontext.decode_audio(
-        payload.get("audio"), "audio_chunk payload.audio", empty_hint="a chunk must carry audio"
-    )
 
 
 def _duration_ms(audio: bytes, codec: str, rate: int, channels: int) -> float:
     try:
         return codecs.duration_ms(len(audio), codec, rate, channels)
     except (CodecError, ConfigError) as exc:
-        raise DialectError(f"audio_chunk payload.audio: {exc}") from exc
+        raise Refused("audio", f"audio_chunk payload.audio: {exc}") from exc
