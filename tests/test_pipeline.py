@@ -3,14 +3,16 @@ repeatability, custom operators, and plugin sinks (registered, entry-point, rais
 
 from __future__ import annotations
 
+import itertools
 import sys
 import textwrap
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+import reactivex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reactivex import Observable
@@ -28,9 +30,10 @@ from jitterline import (
     Stats,
     build_pipeline,
     hookimpl,
+    stages,
 )
-from jitterline.frames import Event
-from jitterline.protocols import DialectFactory
+from jitterline.frames import ArrivalMeasure, Event, StreamInfo
+from jitterline.protocols import DialectFactory, Role
 from jitterline.protocols.appfoundry import AppFoundryDialect, audio_chunk_message
 
 START_S = 1.0
@@ -133,26 +136,76 @@ def test_same_input_on_virtual_time_gives_identical_output() -> None:
     ]
 
 
-def test_snapshots_arrive_once_a_second_and_last() -> None:
+def test_snapshots_arrive_once_a_second_from_the_first_frame_and_last() -> None:
     output = run(scripted_network(), end_s=2.2)
     times = [t for t, item in output if isinstance(item, Stats)]
 
-    assert times == [SUBSCRIBE_S + 1.0, 2.2]
+    assert times == [START_S + 1.0, 2.2]  # the channel's chain starts with its first frame
     assert isinstance(output[-1][1], Stats)
 
 
-def test_a_custom_operator_between_stages_sees_every_decoded_frame() -> None:
+def test_a_custom_stage_composed_into_the_chain_sees_every_decoded_frame() -> None:
     seen: list[int] = []
+    host = PluginHost()
 
-    def spy(frame: AudioFrame) -> None:
+    def spy(frame: AudioFrame) -> AudioFrame:
         seen.append(frame.seq)
+        return frame
 
-    insert = {"decoded": [ops.do_action(spy)]}
+    def chain(channel: str) -> Callable[[Observable[Any]], Observable[Any]]:
+        return reactivex.compose(
+            stages.snapshots(FIXED_60),
+            stages.map_frames(spy),  # our own stage, before the jitter buffer
+            stages.feedback_loop(
+                lambda targets: stages.jitter_buffer(FIXED_60, targets=targets),
+                stages.latency_window(FIXED_60),
+                stages.adjust(FIXED_60, host.policies),
+            ),
+            stages.stats(),
+            stages.sinks(host, channel=channel),
+        )
 
-    run(scripted_network(), end_s=2.0, insert=insert)
+    counts = final_stats(run(scripted_network(), end_s=2.0, host=host, channel_chain=chain))
 
     assert len(seen) == 47  # 46 distinct + the duplicate; the malformed one never decodes
     assert seen.index(11) < seen.index(10)
+    assert counts.frames.played == 43
+
+
+def test_the_adjusters_targets_flow_back_into_the_buffer_as_an_observable() -> None:
+    """Replace the adjuster by a stage that asks for 200 ms from the 10th arrival on: the
+    buffer glides its slots later (5 ms per slot), which only the feedback can cause."""
+    host = PluginHost()
+
+    def late_adjuster(source: Observable[Any]) -> Observable[Any]:
+        arrivals = [0]
+
+        def decide(item: Any) -> Any:
+            if isinstance(item, ArrivalMeasure):
+                arrivals[0] += 1
+                return stages.TargetDelay(200.0 if arrivals[0] >= 10 else 60.0, item.arrival_s)
+            return item
+
+        return source.pipe(ops.map(decide))
+
+    def chain(channel: str) -> Callable[[Observable[Any]], Observable[Any]]:
+        return reactivex.compose(
+            stages.snapshots(FIXED_60),
+            stages.feedback_loop(
+                lambda targets: stages.jitter_buffer(FIXED_60, targets=targets),
+                stages.latency_window(FIXED_60),
+                late_adjuster,
+            ),
+            stages.stats(),
+            stages.sinks(host, channel=channel),
+        )
+
+    frames = played(run(scripted_network(), end_s=2.0, host=host, channel_chain=chain))
+    offsets = [f.playout_s - (START_S + f.seq * FRAME_S) for f in frames if f.playout_s]
+
+    assert offsets[0] == pytest.approx(0.06)
+    assert offsets[-1] > 0.15  # glided toward 200 ms
+    assert all(b >= a - 1e-9 for a, b in itertools.pairwise(offsets))
 
 
 class Recorder:
@@ -164,7 +217,8 @@ class Recorder:
         self.closed: list[Stats] = []
 
     @hookimpl
-    def jitterline_frame_played(self, frame: AudioFrame) -> None:
+    def jitterline_frame_played(self, frame: AudioFrame, stream: StreamInfo) -> None:
+        assert stream.stream_id == frame.stream_id
         self.frames.append(frame.seq)
 
     @hookimpl
@@ -186,7 +240,7 @@ def test_a_registered_plugin_receives_frames_stats_and_the_final_snapshot() -> N
     recorder = Recorder()
     host = PluginHost(load_entrypoints=False, plugins=[recorder])
 
-    output = run(scripted_network(), end_s=2.0, host=host)
+    output = run(scripted_network(), end_s=2.01, host=host)
 
     assert recorder.frames == list(range(48))
     assert len(recorder.verdicts) == 2
@@ -245,19 +299,23 @@ def installed_plugin(tmp_path: Path) -> Iterator[str]:
 
 
 def test_an_entry_point_plugin_receives_frames_and_stats(installed_plugin: str) -> None:
-    host = PluginHost()
+    host = PluginHost(load_entrypoints=True)
     probe = host.pm.get_plugin(installed_plugin)
     assert probe is not None
 
-    run(scripted_network(), end_s=2.0, host=host)
+    run(scripted_network(), end_s=2.01, host=host)
 
     assert probe.frames == 48
     assert probe.snapshots == 2
     assert installed_plugin in {info.name for info in host.info() if info.enabled}
 
 
+def test_a_library_host_loads_no_installed_plugin_unless_asked(installed_plugin: str) -> None:
+    assert PluginHost().pm.get_plugin(installed_plugin) is None
+
+
 def test_a_disabled_entry_point_plugin_is_listed_but_not_loaded(installed_plugin: str) -> None:
-    host = PluginHost(disabled=[installed_plugin])
+    host = PluginHost(load_entrypoints=True, disabled=[installed_plugin])
 
     assert host.pm.get_plugin(installed_plugin) is None
     assert installed_plugin in {info.name for info in host.info() if not info.enabled}
@@ -307,26 +365,26 @@ def test_a_verdict_change_raises_one_alert() -> None:
     alerts = AlertRecorder()
     host = PluginHost(load_entrypoints=False, plugins=[recorder, alerts])
 
-    run(scripted_network(), end_s=2.0, host=host)
+    run(scripted_network(), end_s=2.01, host=host, config=replace(FIXED_60, stats_every_s=0.5))
 
-    assert recorder.verdicts == ["healthy", "loss"]  # 4 of 48 slots lost by the end
+    assert recorder.verdicts == ["healthy", "loss", "loss"]  # 4 of 48 slots lost by 2 s
     assert alerts.alerts == [("verdict_changed", "warning")]
 
 
-class BrittleDialect:
-    """A third-party dialect with bugs: it raises KeyError on one message, names a codec
-    nobody registered on another, and gives a third no duration; the rest it hands to the
-    appfoundry parser."""
+class BrittleDialect(AppFoundryDialect):
+    """A third-party dialect with bugs: it raises KeyError on one message (its contract
+    says never), names a codec nobody registered on another, and gives a third no
+    duration; the rest it hands to the appfoundry protocol object."""
 
     name = "brittle"
 
-    def __init__(self) -> None:
-        self.inner = AppFoundryDialect(wall_clock=lambda: 0.0)
+    def __init__(self, role: Role = "client") -> None:
+        super().__init__(role=role, wall_clock=lambda: 0.0)
 
-    def parse(self, message: Message) -> list[Event]:
+    def receive(self, message: Message) -> list[Event]:
         if message.data == "boom":
             raise KeyError("payload")
-        events = self.inner.parse(message)
+        events = super().receive(message)
         if message.data == chunk(5):
             return [replace(e, codec="OPUS") if isinstance(e, AudioFrame) else e for e in events]
         if message.data == chunk(7):
@@ -334,9 +392,6 @@ class BrittleDialect:
                 replace(e, duration_ms=0.0) if isinstance(e, AudioFrame) else e for e in events
             ]
         return events
-
-    def opening(self, session_id: str, metadata: Mapping[str, Any]) -> list[str | bytes]:
-        return []
 
 
 class BrittlePlugin:

@@ -1,8 +1,14 @@
 """jitterline: a resilient, pluggable real-time audio stream pipeline for WebSocket voice.
 
-A live WebSocket audio stream becomes a ReactiveX observable of frames that passes through
-decode -> jitter buffer -> latency window -> buffer-size adjuster -> sinks (pluggy hooks).
-The names below are the public API; plugins use nothing else.
+Each live WebSocket audio stream (many at once, dialled out or connecting to us) becomes a
+ReactiveX observable of frames that passes through, once per stream and channel::
+
+    decode -> jitter buffer -> latency window -> buffer-size adjuster -> sinks (pluggy hooks)
+                   ^                                      |
+                   +---------- target delay --------------+
+
+The names below are the public API; plugins use nothing else. ``jitterline.stages`` has
+each stage as an operator for chains composed by hand.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import logging
 
 from .adjuster import BufferPolicy
 from .codecs import Codec
+from .config import PipelineConfig
 from .diagnosis import Diagnosis, Thresholds, diagnose
 from .errors import (
     AuthError,
@@ -30,11 +37,11 @@ from .frames import (
     FrameCounts,
     Message,
     Stats,
+    StreamInfo,
 )
 from .hookspecs import hookimpl
 from .plugins import PluginHost
 from .stages import Pipeline, build_pipeline, scheduler_clock
-from .stream import PipelineConfig, StreamProcessor
 
 __version__ = "0.1.0"
 
@@ -59,7 +66,7 @@ __all__ = [
     "PluginHost",
     "RateLimited",
     "Stats",
-    "StreamProcessor",
+    "StreamInfo",
     "Thresholds",
     "TransportError",
     "__version__",

@@ -105,7 +105,7 @@ def run_live(
         lambda: runtime.connect(
             proto,
             config,
-            send=lambda data: session.send(data),
+            send=session.send,
             close=lambda: None,  # the session ends on the peer's close
             stream_id=session_id,
             record=writer,

@@ -110,8 +110,7 @@ class PluginHost:
             except Exception as exc:
                 self.broken[entry.name] = f"{type(exc).__name__}: {exc}"
                 log.warning(
-                    "plugin %r (%s) is skipped: it failed to load (%s: %s); disable it with "
-                    "%s=%s",
+                    "plugin %r (%s) is skipped: it failed to load (%s: %s); disable it with %s=%s",
                     entry.name,
                     entry.value,
                     type(exc).__name__,
@@ -137,13 +136,15 @@ class PluginHost:
         must surround the others) cannot take part in."""
         for attr in dir(plugin):
             options = getattr(getattr(plugin, attr, None), "jitterline_impl", None)
-            if attr in NOTIFICATION_HOOKS and isinstance(options, dict):
-                if options.get("wrapper") or options.get("hookwrapper"):
-                    raise PluginError(
-                        f"plugin {name or plugin!r}: {attr} is a wrapper hookimpl; "
-                        "notification hooks are called one plugin at a time, so drop "
-                        "wrapper=True / hookwrapper=True and handle the call directly"
-                    )
+            wrapper = isinstance(options, dict) and (
+                options.get("wrapper") or options.get("hookwrapper")
+            )
+            if attr in NOTIFICATION_HOOKS and wrapper:
+                raise PluginError(
+                    f"plugin {name or plugin!r}: {attr} is a wrapper hookimpl; "
+                    "notification hooks are called one plugin at a time, so drop "
+                    "wrapper=True / hookwrapper=True and handle the call directly"
+                )
         self.pm.register(plugin, name=name)
 
     def _collect_registrations(self) -> None:

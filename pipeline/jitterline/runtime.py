@@ -42,7 +42,7 @@ from .diagnosis import Diagnosis, diagnose
 from .frames import AudioFrame, ConnectionEvent, ConnectionStats, Message, Stats, StreamInfo
 from .plugins import PluginHost
 from .protocols import Dialect
-from .stages import Pipeline, build_pipeline
+from .stages import Pipeline, build_pipeline, receive
 from .transport import IOLoop
 
 __all__ = ["Connection", "RunClock", "Runtime"]
@@ -194,7 +194,7 @@ class Connection:
             stream_id=self.info.stream_id,
             stream=self.info,
         )
-        for event in self.proto.receive(message):
+        for event in receive(self.proto, message):
             self._subject.on_next(event)
         self.flush()
 

@@ -56,6 +56,7 @@ from typing import Any, TypeAlias, TypeVar
 
 import reactivex
 from reactivex import Observable, abc
+from reactivex import operators as rx_ops
 from reactivex.disposable import CompositeDisposable, Disposable, SerialDisposable
 from reactivex.scheduler import TimeoutScheduler
 from reactivex.subject import Subject
@@ -87,7 +88,7 @@ from .frames import (
 from .jitterbuffer import JitterBuffer
 from .latency import LatencyWindow
 from .plugins import PluginHost
-from .protocols import DialectFactory, Role
+from .protocols import Dialect, DialectFactory, Role
 from .registry import Registry
 
 __all__ = [
@@ -107,6 +108,7 @@ __all__ = [
     "map_frames",
     "parse",
     "per_channel",
+    "receive",
     "scheduler_clock",
     "sinks",
     "snapshots",
@@ -253,6 +255,17 @@ def _malformed(exc: BaseException, arrival_s: float, stream_id: str) -> Malforme
     return Malformed(kind=kind, detail=detail, arrival_s=arrival_s, stream_id=stream_id)
 
 
+def receive(proto: Dialect, message: Message) -> list[Event]:
+    """``proto.receive`` held to its contract: a protocol object (a plugin's, say) that
+    raises anyway costs that one message, as a ``Malformed``, never the stream."""
+    try:
+        return proto.receive(message)
+    except Exception as exc:
+        # The decode stage logs it once per kind; the trace is for whoever debugs the dialect.
+        log.debug("dialect %r raised on a message", getattr(proto, "name", "?"), exc_info=exc)
+        return [_malformed(exc, message.arrival_s, "")]
+
+
 def parse(factory: DialectFactory, *, role: Role = "client") -> Operator[Any, Any]:
     """Messages to events through a protocol object made per subscription (a replay, a
     test). A live shell owns its protocol object instead, because it must also send what
@@ -266,7 +279,7 @@ def parse(factory: DialectFactory, *, role: Role = "client") -> Operator[Any, An
             if not isinstance(item, Message):
                 stage.emit(item)  # the transport's events pass on
                 return
-            for event in proto.receive(item):
+            for event in receive(proto, item):
                 stage.emit(event)
             proto.data_to_send()  # nobody to answer on a replay
 
@@ -308,7 +321,9 @@ def decode(codecs: Registry[Codec], *, stream_id: str = "") -> Operator[Any, Any
 def _decoded(frame: AudioFrame, codecs: Registry[Codec], stream_id: str) -> AudioFrame:
     if not (math.isfinite(frame.duration_ms) and frame.duration_ms > 0):
         # The jitter buffer's clock advances by durations: refuse what would stall it.
-        raise DialectError(f"frame {frame.seq} lasts duration_ms={frame.duration_ms}; it must be > 0")
+        raise DialectError(
+            f"frame {frame.seq} lasts duration_ms={frame.duration_ms}; it must be > 0"
+        )
     samples = codecs.get(frame.codec).decode(frame.payload)
     return replace(frame, samples=samples, stream_id=frame.stream_id or stream_id)
 
@@ -442,9 +457,9 @@ class _Snapshots(_Stage):
         if isinstance(item, ConnectionStats):
             self._connection = item
             return
-        if isinstance(item, StreamOpened):
-            self._stream_id = item.stream_id
-        elif isinstance(item, AudioFrame) and not self._stream_id:
+        if isinstance(item, StreamOpened) or (
+            isinstance(item, AudioFrame) and not self._stream_id
+        ):
             self._stream_id = item.stream_id
         self.emit(item)
 
@@ -486,7 +501,7 @@ def feedback_loop(
                 return True
 
             chain: Observable[Any] = source.pipe(buffer(targets), *downstream)
-            return chain.pipe(reactivex.operators.filter(feed))
+            return chain.pipe(rx_ops.filter(feed))
 
         return reactivex.defer(factory)
 
@@ -536,10 +551,12 @@ class _Buffer(_Stage):
         if isinstance(item, AudioFrame):
             self._emit_all(self.buffer.push(item))
             self.emit(Arrival(item, self.buffer.last_outcome))
-        elif isinstance(item, SnapshotRequest):
+            self._schedule()
+            return
+        if isinstance(item, SnapshotRequest):
             self.emit(self._snapshot(item))
             return
-        elif isinstance(item, Malformed):
+        if isinstance(item, Malformed):
             self._malformed += 1
         elif isinstance(item, StreamClosed):
             self._ended = True
@@ -618,7 +635,9 @@ def latency_window(config: PipelineConfig) -> Operator[Any, Any]:
             elif isinstance(item, Pong) and item.rtt_ms is not None:
                 window.observe_rtt(item.rtt_ms, item.arrival_s)
             elif (
-                isinstance(item, ConnectionEvent) and item.kind == "pong" and item.rtt_ms is not None
+                isinstance(item, ConnectionEvent)
+                and item.kind == "pong"
+                and item.rtt_ms is not None
             ):
                 window.observe_rtt(item.rtt_ms, item.at_s)
             stage.emit(item)
@@ -661,7 +680,9 @@ def adjust(
                 decide(adjuster.observe_played(item), item.playout_s)
                 return
             if isinstance(item, SnapshotRequest):
-                item = replace(item, stats=replace(item.stats, buffer=_buffer_stats(adjuster, item)))
+                item = replace(
+                    item, stats=replace(item.stats, buffer=_buffer_stats(adjuster, item))
+                )
             stage.emit(item)
 
         stage.on_next = on_next  # type: ignore[method-assign]
