@@ -1,21 +1,31 @@
 """A custom chain with a custom sink, on virtual time: ``python examples/custom_chain.py``.
 
 Two seconds of a 440 Hz tone in 20 ms PCMU frames cross a network that loses every 10th
-frame and holds every 7th back by 70 ms. The chain adds its own stage (a -6 dB gain)
-between decoding and the jitter buffer, and a plugin sink meters what plays.
+frame and holds every 7th back by 70 ms. The chain composes its own stage (a -6 dB gain)
+before the jitter buffer, and a plugin sink meters what plays.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import reactivex
 from reactivex import operators as ops
 from reactivex.scheduler import HistoricalScheduler
 
-from jitterline import AudioFrame, Message, PipelineConfig, PluginHost, build_pipeline, hookimpl
+from jitterline import (
+    AudioFrame,
+    Message,
+    PipelineConfig,
+    PluginHost,
+    StreamInfo,
+    build_pipeline,
+    hookimpl,
+    stages,
+)
 from jitterline.codecs import encode
 from jitterline.protocols.appfoundry import audio_chunk_message
 
@@ -27,7 +37,7 @@ class LoudnessMeter:
         self.levels_db: list[float] = []
 
     @hookimpl
-    def jitterline_frame_played(self, frame: AudioFrame) -> None:
+    def jitterline_frame_played(self, frame: AudioFrame, stream: StreamInfo) -> None:
         if frame.samples is None:
             return
         rms = np.sqrt(np.mean(np.square(frame.samples, dtype=np.float64)))
@@ -35,7 +45,7 @@ class LoudnessMeter:
 
 
 def network() -> reactivex.Observable[Message]:
-    """Each message arrives at its (virtual) time; this stands in for a live Session."""
+    """Each message arrives at its (virtual) time; this stands in for a live connection."""
     tone = encode(9830 * np.sin(2 * np.pi * 440 * np.arange(160) / 8000), "PCMU")
     arrivals = []
     for seq in (s for s in range(100) if s % 10 != 9):
@@ -59,12 +69,24 @@ def gain(frame: AudioFrame) -> AudioFrame:
 def main() -> None:
     scheduler = HistoricalScheduler()
     meter = LoudnessMeter()
+    host = PluginHost(plugins=[meter])
+    config = PipelineConfig(buffer_policy="fixed", buffer_ms=100)
+
+    def chain(channel: str) -> Callable[[reactivex.Observable[Any]], reactivex.Observable[Any]]:
+        return reactivex.compose(
+            stages.snapshots(config),
+            stages.map_frames(gain),  # your own stage, composed before the jitter buffer
+            stages.feedback_loop(  # jitter buffer -> latency window -> adjuster -> target
+                lambda targets: stages.jitter_buffer(config, targets=targets),
+                stages.latency_window(config),
+                stages.adjust(config, host.policies),
+            ),
+            stages.stats(),
+            stages.sinks(host, channel=channel),
+        )
+
     pipeline = build_pipeline(
-        network(),
-        scheduler=scheduler,
-        config=PipelineConfig(buffer_policy="fixed", buffer_ms=100),
-        host=PluginHost(plugins=[meter]),
-        insert={"decoded": [ops.map(gain)]},  # your own stage, between two of ours
+        network(), scheduler=scheduler, config=config, host=host, channel_chain=chain
     )
     pipeline.output.subscribe(scheduler=scheduler)
     scheduler.start()

@@ -41,6 +41,7 @@ from .frames import (
 )
 from .hookspecs import hookimpl
 from .plugins import PluginHost
+from . import stages
 from .stages import Pipeline, build_pipeline, scheduler_clock
 
 __version__ = "0.1.0"
@@ -74,6 +75,7 @@ __all__ = [
     "diagnose",
     "hookimpl",
     "scheduler_clock",
+    "stages",
 ]
 
 logging.getLogger("jitterline").addHandler(logging.NullHandler())

@@ -841,6 +841,12 @@ class Pipeline:
     config: PipelineConfig
     finals: list[tuple[Stats, Diagnosis]]
 
+    def final(self) -> tuple[Stats, Diagnosis]:
+        """The first channel's final snapshot and diagnosis, once ``output`` completed."""
+        if not self.finals:
+            raise RuntimeError("the pipeline has not completed; subscribe and run it first")
+        return self.finals[0]
+
 
 def build_pipeline(
     source: Observable[Any],
