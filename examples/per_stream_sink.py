@@ -29,7 +29,7 @@ from jitterline import (
     hookimpl,
 )
 from jitterline.codecs import encode
-from jitterline.protocols.appfoundry import audio_chunk_message
+from jitterline.protocols.appfoundry import audio_chunk_message, initialize_ack_message
 
 THRESHOLD = 32768 * 10 ** (-40 / 20)
 
@@ -72,7 +72,7 @@ def caller(stream_id: str, talking: int, scheduler: HistoricalScheduler) -> Subj
     subject: Subject[Message] = Subject()
     tone = encode(8000 * np.sin(2 * np.pi * 300 * np.arange(160) / 8000), "PCMU")
     silence = encode(np.zeros(160), "PCMU")
-    ack = '{"type":"initialize","timestamp":0,"payload":{"sessionId":"%s"}}' % stream_id
+    ack = initialize_ack_message(stream_id, now_wall_s=1e9)
     scheduler.schedule_relative(0.0, lambda *_: subject.on_next(Message(ack, 0.0)))
     for seq in range(100):
         at = 0.001 + 0.02 * seq
