@@ -20,9 +20,13 @@ import requests
 import websocket
 
 from jitterline.emulator import PROFILES, Emulator, ImpairmentModel, Impairments, ToneSource
-from jitterline.errors import ConfigError, DialectError
-from jitterline.frames import AudioFrame, Message
-from jitterline.protocols.appfoundry import AppFoundryDialect, initialize_message
+from jitterline.errors import ConfigError
+from jitterline.frames import AudioFrame, Malformed, Message
+from jitterline.protocols.appfoundry import (
+    AppFoundryDialect,
+    initialize_message,
+    user_input_message,
+)
 
 CLOSE_OPCODE = 0x8
 
@@ -97,17 +101,10 @@ def read_until_close(client: Any) -> tuple[list[str], int, str]:
 
 def parse(texts: list[str]) -> tuple[list[AudioFrame], int]:
     """Frames the appfoundry dialect accepts, and the count it rejects as malformed."""
-    dialect = AppFoundryDialect("call-1", wall_clock=time.time)
-    frames: list[AudioFrame] = []
-    malformed = 0
-    for text in texts:
-        try:
-            events = dialect.parse(Message(text, arrival_s=0.0))
-        except DialectError:
-            malformed += 1
-            continue
-        frames.extend(event for event in events if isinstance(event, AudioFrame))
-    return frames, malformed
+    dialect = AppFoundryDialect(role="client", session_id="call-1", wall_clock=time.time)
+    events = [event for text in texts for event in dialect.receive(Message(text, arrival_s=0.0))]
+    frames = [event for event in events if isinstance(event, AudioFrame)]
+    return frames, sum(isinstance(event, Malformed) for event in events)
 
 
 def frame_seqs_until_dropped(client: Any) -> list[int]:
@@ -291,6 +288,29 @@ def test_scheduled_disconnect_drops_the_connection_mid_stream(net: Loopback) -> 
     seqs = frame_seqs_until_dropped(net.open_stream(emulator))
     assert seqs == list(range(10))
     assert emulator.counters.forced_disconnects == 1
+
+
+def test_initialize_naming_no_session_joins_the_emulator_session(net: Loopback) -> None:
+    emulator = net.start(duration_s=0.1, require_token=False)
+    client = net.connect(emulator, None)
+    client.send('{"type":"initialize","timestamp":1.0,"payload":{}}')
+    answer = json.loads(client.recv())
+    assert (answer["type"], answer["payload"]) == ("initialize", {"sessionId": "emulator-session"})
+    assert json.loads(client.recv())["type"] == "audio_chunk"
+
+
+def test_only_an_initialize_is_answered_and_starts_the_audio(net: Loopback) -> None:
+    emulator = net.start(duration_s=0.1, require_token=False)
+    client = net.connect(emulator, None)
+    client.send(user_input_message("hello", "u1", now_wall_s=time.time()))
+    client.send('{"type":"initialize","payload":{"sessionId":5}}')
+    client.send("not json")
+    client.send(initialize_message("call-2", {}, now_wall_s=time.time()))
+    texts, code, _ = read_until_close(client)
+    assert json.loads(texts[0])["payload"] == {"sessionId": "call-2"}
+    frames, malformed = parse(texts[1:])
+    assert (len(frames), malformed, code) == (5, 0, 1000)
+    assert len(emulator.received_texts()) == 4
 
 
 def test_connection_after_the_stream_completed_is_closed_normally(net: Loopback) -> None:

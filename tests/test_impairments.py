@@ -25,7 +25,7 @@ from jitterline.emulator.impairments import MALFORMED_KINDS, MAX_EXTRA_DELAY_MS
 from jitterline.emulator.stream import LiveStream, Outgoing, frames_for, malformed_text
 from jitterline.emulator.tokens import TokenEndpoint, TokenStore
 from jitterline.errors import ConfigError, DialectError
-from jitterline.frames import AudioFrame, Message
+from jitterline.frames import AudioFrame, Malformed, Message
 from jitterline.protocols.appfoundry import AppFoundryDialect
 
 FRAME_MS = 20.0
@@ -223,10 +223,13 @@ def drain(stream: LiveStream, step_s: float = 0.005, until_s: float = 10.0) -> l
 
 
 def parse(text: str) -> AudioFrame:
-    dialect = AppFoundryDialect("s", wall_clock=lambda: 0.0)
-    (frame,) = dialect.parse(Message(text, arrival_s=0.0))
-    assert isinstance(frame, AudioFrame)
-    return frame
+    """The one frame ``text`` carries; ``DialectError`` when the dialect refuses it."""
+    dialect = AppFoundryDialect(role="client", session_id="s", wall_clock=lambda: 0.0)
+    (event,) = dialect.receive(Message(text, arrival_s=0.0))
+    if isinstance(event, Malformed):
+        raise DialectError(event.detail)
+    assert isinstance(event, AudioFrame)
+    return event
 
 
 def test_jittery_stream_releases_in_send_time_order_so_frames_overtake() -> None:

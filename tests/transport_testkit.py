@@ -1,6 +1,22 @@
-"""Shared test data for the transport tests: a self-signed certificate and a manual clock."""
+"""Shared test parts for the transport tests: a self-signed certificate, a manual clock, a
+minimal client protocol object and a hand-written WebSocket peer for misbehaviour."""
 
 from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, TypeAlias
+
+from jitterline.frames import Event, Message
 
 # A throwaway self-signed certificate for 127.0.0.1 (EC P-256, valid to 2126) and its key:
 # test data, not a secret. No trust store holds it, so a client that verifies TLS must refuse.
@@ -32,3 +48,184 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now_s
+
+
+class ClientDialect:
+    """A minimal client protocol object for transport tests: on every connection it queues
+    one JSON ``initialize`` (what the emulator waits for) and otherwise stays silent.
+
+    The transport only calls ``connection_made`` and ``data_to_send``; the rest of the
+    contract is here so that the object satisfies ``jitterline.protocols.Dialect``.
+    """
+
+    name = "test-client"
+    role: Literal["client", "server"] = "client"
+
+    def __init__(
+        self, session_id: str = "test-session", metadata: dict[str, object] | None = None
+    ) -> None:
+        self.session_id = session_id
+        self.metadata = metadata or {}
+        self.connections: list[float] = []
+        self._outbox: list[str | bytes] = []
+
+    def connection_made(self, now_s: float) -> None:
+        self.connections.append(now_s)
+        payload = {"sessionId": self.session_id, "metadata": self.metadata}
+        self._outbox.append(
+            json.dumps({"type": "initialize", "timestamp": 1.7e9, "payload": payload})
+        )
+
+    def receive(self, message: Message) -> list[Event]:
+        return []
+
+    def data_to_send(self) -> list[str | bytes]:
+        outbox, self._outbox = self._outbox, []
+        return outbox
+
+    def next_deadline_s(self) -> float | None:
+        return None
+
+    def timer(self, now_s: float) -> list[Event]:
+        return []
+
+    def end(self, reason: str, now_s: float) -> None:
+        """Nothing to say on the way out."""
+
+    def connection_lost(self, now_s: float) -> list[Event]:
+        return []
+
+    def close_expected(self) -> bool:
+        return False
+
+
+def user_input(n: int) -> str:
+    """A numbered client message in the appfoundry envelope."""
+    return json.dumps(
+        {"type": "user_input", "timestamp": 1.7e9 + n, "payload": {"text": f"message {n}"}}
+    )
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+Script: TypeAlias = Callable[[socket.socket, int], None]
+"""What a ``RawPeer`` does with an upgraded connection (and its number, from 1)."""
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class RawPeer:
+    """A hand-written WebSocket server on loopback for what a real server will not do.
+
+    Each connection is upgraded (after TLS with ``tls``), then ``script(connection,
+    number)`` runs on the peer thread; with ``upgrade=False`` nothing is ever answered
+    (the TCP connect succeeds from the listen backlog, then silence). Everything stops
+    when the ``with`` block ends.
+    """
+
+    def __init__(
+        self,
+        script: Script | None = None,
+        *,
+        tls: ssl.SSLContext | None = None,
+        upgrade: bool = True,
+    ) -> None:
+        self._script = script
+        self._tls = tls
+        self._upgrade = upgrade
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(0.05)
+        self.stop = threading.Event()
+        self.connections = 0
+        self._open: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, name="test-raw-peer")
+
+    @property
+    def port(self) -> int:
+        port: int = self._server.getsockname()[1]
+        return port
+
+    @property
+    def url(self) -> str:
+        scheme = "ws" if self._tls is None else "wss"
+        return f"{scheme}://127.0.0.1:{self.port}/"
+
+    def __enter__(self) -> RawPeer:
+        if self._upgrade:
+            self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: TracebackType | None) -> None:
+        self.stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5.0)
+        for connection in self._open:
+            connection.close()
+        self._server.close()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                connection, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            self._open.append(connection)
+            self.connections += 1
+            try:
+                upgraded = self._handshake(connection)
+                if upgraded is not None and self._script is not None:
+                    self._script(upgraded, self.connections)
+            except (OSError, ssl.SSLError):
+                continue  # the client went away or refused our certificate
+
+    def _handshake(self, connection: socket.socket) -> socket.socket | None:
+        connection.settimeout(2.0)
+        if self._tls is not None:
+            connection = self._tls.wrap_socket(connection, server_side=True)
+            self._open.append(connection)
+        request = b""
+        while b"\r\n\r\n" not in request and len(request) < 65536:
+            chunk = connection.recv(4096)
+            if not chunk:
+                return None
+            request += chunk
+        match = re.search(rb"sec-websocket-key:\s*(\S+)", request, re.IGNORECASE)
+        if match is None:
+            return None
+        accept = base64.b64encode(hashlib.sha1(match.group(1) + _GUID).digest())
+        connection.sendall(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
+        return connection
+
+
+def frame_header(opcode: int, length: int, *, fin: bool = True) -> bytes:
+    """An unmasked server frame header (RFC 6455 section 5.2) announcing ``length``."""
+    first = (0x80 if fin else 0) | opcode
+    if length < 126:
+        return bytes([first, length])
+    if length < 1 << 16:
+        return bytes([first, 126]) + length.to_bytes(2, "big")
+    return bytes([first, 127]) + length.to_bytes(8, "big")
+
+
+def server_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
+    return frame_header(opcode, len(payload), fin=fin) + payload
+
+
+def tls_server_context(tmp_dir: Path) -> ssl.SSLContext:
+    pem = tmp_dir / "peer.pem"
+    pem.write_text(SELF_SIGNED_PEM)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pem)
+    return context
+
+
+def tls_client_context(tmp_dir: Path) -> ssl.SSLContext:
+    """A client context that trusts the self-signed certificate (and checks 127.0.0.1)."""
+    pem = tmp_dir / "trust.pem"
+    pem.write_text(SELF_SIGNED_PEM)
+    return ssl.create_default_context(cafile=str(pem))

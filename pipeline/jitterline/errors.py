@@ -10,6 +10,7 @@
     └── TransportError       the connection failed
         ├── AuthError        the token endpoint or the handshake refused the credentials
         ├── RateLimited      the peer answered 429; ``retry_after_s`` says how long to wait
+        ├── TLSError         the peer's certificate was refused; retrying will not help
         └── ConnectionLost   the link dropped (and reconnects were exhausted or disabled)
 
 Messages name the value, the limit and the next step, and never a secret.
@@ -26,6 +27,7 @@ __all__ = [
     "JitterlineError",
     "PluginError",
     "RateLimited",
+    "TLSError",
     "TransportError",
 ]
 
@@ -64,6 +66,11 @@ class RateLimited(TransportError):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class TLSError(TransportError):
+    """TLS verification failed (WebSocket or token endpoint); fix the certificate or the
+    trust store, since retrying gets the same answer."""
 
 
 class ConnectionLost(TransportError):

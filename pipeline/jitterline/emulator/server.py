@@ -7,11 +7,12 @@ points a client at ``ws_url`` / ``auth_url`` and stops it. All decisions live in
 sans-I/O parts (``impairments``, ``stream``, ``tokens.TokenEndpoint.answer``); this module
 reads the clock, moves bytes and counts.
 
-The conversation (PROTOCOLS.md section 4): the client opens
+The conversation (docs/protocols.md, "appfoundry"): the client opens
 ``ws://host:port/appfoundry/v1/applications/demo/conversations`` with ``Authorization:
 Bearer <token>``; HTTP 401 / 429 (with ``Retry-After``) come back at the handshake when the
-token is bad or the impairments ask for it. After the client's ``initialize`` the server
-answers with its own ``initialize`` and audio flows. There is one live stream per emulator:
+token is bad or the impairments ask for it. Each connection has its own server-role
+``AppFoundryDialect``: it answers the client's ``initialize`` with its own, then audio flows
+through it. There is one live stream per emulator:
 the first ``initialize`` starts its clock, and a client that reconnects joins it where it
 is now, having missed what was sent meanwhile. When ``duration_s`` is over and the last
 frame is out, every connection is closed with 1000 "stream complete", and a later
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -31,7 +31,7 @@ from collections import deque
 from dataclasses import dataclass
 from http import HTTPStatus
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -39,13 +39,15 @@ from websockets.http11 import Request, Response
 
 from .. import checks
 from ..errors import ConfigError, TransportError
-from ..protocols.appfoundry import FORMATS, initialize_ack_message
+from ..frames import Message, StreamOpened
+from ..protocols.appfoundry import FORMATS, AppFoundryDialect
 from .audio import AudioSource, ToneSource, frame_samples
 from .impairments import PROFILES, ImpairmentModel, Impairments
 from .stream import LiveStream, Outgoing, frames_for
 from .tokens import TOKEN_PATH, TokenEndpoint, TokenStore
 
 __all__ = [
+    "DEFAULT_SESSION_ID",
     "MAX_RECEIVED_TEXTS",
     "STREAM_COMPLETE_REASON",
     "WS_PATH",
@@ -57,6 +59,8 @@ logger = logging.getLogger(__name__)
 
 WS_PATH = "/appfoundry/v1/applications/demo/conversations"
 STREAM_COMPLETE_REASON = "stream complete"
+DEFAULT_SESSION_ID = "emulator-session"
+"""The session an ``initialize`` naming none joins."""
 MAX_RECEIVED_TEXTS = 10_000
 _STARTUP_TIMEOUT_S = 5.0
 _STOP_TIMEOUT_S = 2.0
@@ -70,7 +74,7 @@ else:
 
 class _NoDebugLogger(_LoggerAdapter):
     """Silences ``websockets`` DEBUG output: it logs every request header there, the
-    ``Authorization`` bearer token included (DESIGN.md invariant 4)."""
+    ``Authorization`` bearer token included, and secrets never reach a log."""
 
     def isEnabledFor(self, level: int) -> bool:  # noqa: N802 (logging's name)
         return level > logging.DEBUG and self.logger.isEnabledFor(level)
@@ -201,7 +205,7 @@ class Emulator:
         self._stop_requested: asyncio.Event | None = None
         self._stream_started: asyncio.Event | None = None
         self._open: set[ServerConnection] = set()
-        self._streaming: set[ServerConnection] = set()
+        self._streaming: dict[ServerConnection, AppFoundryDialect] = {}
 
     def __repr__(self) -> str:
         where = self.ws_url if self._bound_port is not None else self._host
@@ -398,29 +402,36 @@ class Emulator:
             await connection.close(1000, STREAM_COMPLETE_REASON)
             return
         self._open.add(connection)
+        protocol = AppFoundryDialect(
+            role="server", session_id=DEFAULT_SESSION_ID, wall_clock=time.time
+        )
         try:
             async for message in connection:
                 if isinstance(message, str):
-                    await self._on_text(connection, message)
+                    await self._on_text(connection, protocol, message)
         except ConnectionClosed:
             pass  # the client went away (or we dropped it); the stream goes on
         finally:
             self._open.discard(connection)
-            self._streaming.discard(connection)
+            self._streaming.pop(connection, None)
 
-    async def _on_text(self, connection: ServerConnection, text: str) -> None:
+    async def _on_text(
+        self, connection: ServerConnection, protocol: AppFoundryDialect, text: str
+    ) -> None:
         with self._texts_lock:
             self._texts.append(text)
-        session_id = _initialize_session(text)
-        if session_id is None:
-            return
-        await connection.send(initialize_ack_message(session_id, now_wall_s=time.time()))
+        loop = asyncio.get_running_loop()
+        events = protocol.receive(Message(text, arrival_s=loop.time()))
+        for data in protocol.data_to_send():
+            await connection.send(data)
+        if not any(isinstance(event, StreamOpened) for event in events):
+            return  # a user_input, or what the dialect refused: nothing changes
         if connection not in self._open:  # dropped while the answer was going out
             return
         if not self._stream.started and self._stream_started is not None:
-            self._stream.start(asyncio.get_running_loop().time(), time.time())
+            self._stream.start(loop.time(), time.time())
             self._stream_started.set()
-        self._streaming.add(connection)
+        self._streaming[connection] = protocol
 
     async def _pump(self) -> None:
         """Releases the stream's messages at their send times, on the loop's monotonic clock."""
@@ -439,7 +450,7 @@ class Emulator:
             if item.kind == "disconnect":
                 self._drop_all()
                 continue
-            delivered = await self._broadcast(item.text)
+            delivered = await self._broadcast(item)
             if item.kind == "frame":
                 self._tally.add("frames_sent" if delivered else "frames_offline")
             elif delivered:
@@ -447,13 +458,21 @@ class Emulator:
                     "duplicates_sent" if item.kind == "duplicate" else "malformed_sent"
                 )
 
-    async def _broadcast(self, text: str) -> bool:
+    async def _broadcast(self, item: Outgoing) -> bool:
+        """Audio goes through each connection's protocol object; a malformed variant is
+        written as it is, since no protocol object would write it."""
         delivered = False
-        for connection in list(self._streaming):
+        for connection, protocol in list(self._streaming.items()):
+            if item.chunk is None:
+                outgoing: list[str | bytes] = [item.raw]
+            else:
+                protocol.send_audio(item.chunk)
+                outgoing = protocol.data_to_send()
             try:
-                await connection.send(text)
+                for data in outgoing:
+                    await connection.send(data)
             except ConnectionClosed:
-                self._streaming.discard(connection)
+                self._streaming.pop(connection, None)
             else:
                 delivered = True
         return delivered
@@ -493,19 +512,6 @@ def _check_config(codec: str, sample_rate: int, frame_ms: float, duration_s: flo
             unit="s",
             hint="or None for an endless stream",
         )
-
-
-def _initialize_session(text: str) -> str | None:
-    """The session id of a client ``initialize`` (a default if it names none), else None."""
-    try:
-        document: Any = json.loads(text)
-    except ValueError:
-        return None
-    if not isinstance(document, dict) or document.get("type") != "initialize":
-        return None
-    payload = document.get("payload")
-    session_id = payload.get("sessionId") if isinstance(payload, dict) else None
-    return session_id if isinstance(session_id, str) and session_id else "emulator-session"
 
 
 def _retry_after(seconds: float) -> str:

@@ -24,7 +24,7 @@ from typing import Literal, TypeAlias
 from ..codecs import encode
 from ..errors import ConfigError
 from ..frames import Samples
-from ..protocols.appfoundry import audio_chunk_message
+from ..protocols.appfoundry import AudioChunk
 from .impairments import FrameFate, ImpairmentModel, MalformedKind
 
 __all__ = ["LiveStream", "Outgoing", "OutgoingKind", "frames_for", "malformed_text"]
@@ -34,12 +34,20 @@ OutgoingKind: TypeAlias = Literal["frame", "duplicate", "malformed", "disconnect
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One thing the server must do at ``due_s``: send ``text``, or drop the connection."""
+    """One thing the server must do at ``due_s``: send ``chunk`` through each connection's
+    protocol object (frames, duplicates), send ``raw`` text as it is (a malformed variant:
+    no protocol object would write it), or drop the connection."""
 
     kind: OutgoingKind
     seq: int
     due_s: float
-    text: str = ""
+    chunk: AudioChunk | None = None
+    raw: str = ""
+
+    @property
+    def text(self) -> str:
+        """The message as it goes on the wire."""
+        return self.raw if self.chunk is None else self.chunk.message()
 
 
 class LiveStream:
@@ -135,21 +143,23 @@ class LiveStream:
         if fate.lost:
             self.frames_lost += 1
             return
-        text = self._chunk(seq, samples, fate)
+        chunk = self._chunk(seq, samples, fate)
         due_s = capture_s + fate.send_offset_ms / 1000.0
         if fate.malformed is not None:
-            self._push(Outgoing("malformed", seq, due_s, malformed_text(fate.malformed, text)))
-        self._push(Outgoing("frame", seq, due_s, text))
+            broken = malformed_text(fate.malformed, chunk.message())
+            self._push(Outgoing("malformed", seq, due_s, raw=broken))
+        self._push(Outgoing("frame", seq, due_s, chunk))
         if fate.duplicate_after_ms is not None:
-            self._push(Outgoing("duplicate", seq, due_s + fate.duplicate_after_ms / 1000.0, text))
+            due_again_s = due_s + fate.duplicate_after_ms / 1000.0
+            self._push(Outgoing("duplicate", seq, due_again_s, chunk))
 
-    def _chunk(self, seq: int, samples: Samples, fate: FrameFate) -> str:
+    def _chunk(self, seq: int, samples: Samples, fate: FrameFate) -> AudioChunk:
         capture_wall_s = self._t0_wall_s + seq * self._frame_s
-        return audio_chunk_message(
+        return AudioChunk(
             encode(samples, self._codec),
-            seq=seq,
             capture_wall_s=capture_wall_s,
             sent_wall_s=capture_wall_s + fate.processing_ms / 1000.0,
+            seq=seq,
             codec=self._codec,
             rate=self._sample_rate,
             channels=1,

@@ -1,0 +1,676 @@
+"""The dial-out I/O shell: websocket-client sockets multiplexed on one asyncio loop.
+
+``DialOut`` moves bytes and reads the clock; every decision is ``core.SessionCore``'s.
+
+Connecting blocks (DNS, TCP, TLS, websocket-client's HTTP upgrade, a token request), so it
+runs as one job on the ``IOLoop``'s bounded executor. We open the TCP and TLS layers
+ourselves and hand the socket to ``WebSocket.connect(socket=...)``: a duplicate of the
+descriptor lets ``close()`` shut the connection down from another thread at any step
+(connect, TLS, upgrade), and ``close()`` never waits for the job: a late result is closed
+and discarded.
+
+Once upgraded, the socket is made non-blocking and registered with ``loop.add_reader``.
+websocket-client's frame reader (``websocket.frame_buffer``) keeps a partial header, length
+and payload between calls, and with a non-blocking socket its ``recv`` raises
+``BlockingIOError`` (TCP) or ``ssl.SSLWantReadError`` (TLS) instead of waiting, so a read
+simply resumes on the next readiness. Each readiness reads until the socket would block,
+which also drains bytes TLS decrypted ahead (``SSLSocket.pending()``, invisible to epoll).
+The frame header is read apart from its payload so that ``max_message_bytes`` is enforced
+before a byte of an oversized payload is read, and a frame whose first byte arrived must
+be complete within ``frame_timeout_s``.
+
+The WebSocket is created with ``skip_utf8_validation=True``: text payloads are decoded
+strictly with ``bytes.decode("utf-8")``, which validates in C; websocket-client's own
+validation is pure Python and made reads about 7x slower (0.34 s per MB).
+
+Writes never block the loop either: frames are built with ``ABNF.create_frame(...).format()``
+and written until the socket would block; the rest waits in a buffer drained by
+``add_writer``. Callbacks (``on_message``, ``on_event``) run on the loop thread and must
+return quickly: they delay every session on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+from urllib.parse import urlsplit
+
+import websocket
+from websocket import ABNF, WebSocketBadStatusException, WebSocketException
+
+from ..errors import JitterlineError, TransportError
+from ..frames import ConnectionEvent, Message
+from ..protocols import Dialect
+from .backoff import parse_retry_after
+from .core import (
+    Action,
+    Connect,
+    ConnectFailed,
+    Disconnect,
+    Dropped,
+    Ending,
+    Fault,
+    HandshakeRefused,
+    PeerClosed,
+    SendClose,
+    SendPing,
+    SessionCore,
+    SessionDiagnostics,
+    TokenFailed,
+    Violation,
+)
+from .ioloop import IOLoop
+from .tokens import TokenProvider
+
+__all__ = ["IO_TIMEOUT_S", "READ_CHUNK_BYTES", "DialOut"]
+
+logger = logging.getLogger(__name__)
+
+IO_TIMEOUT_S = 10.0
+"""Timeout of each blocking connect step (TCP connect, TLS handshake, HTTP upgrade)."""
+
+READ_CHUNK_BYTES = 65536
+"""Bytes asked of the socket per read: several frames at once, and the most read past a
+frame header that announced an oversized message."""
+
+_WRITE_CHUNK_BYTES = 65536
+_READ_BUDGET_FRAMES = 256  # frames per readiness before other sessions get a turn
+_CONTROL_OPCODES = (ABNF.OPCODE_CLOSE, ABNF.OPCODE_PING, ABNF.OPCODE_PONG)
+
+
+class _PeerEOF(Exception):
+    """The peer closed the TCP connection (recv returned no bytes)."""
+
+
+class _Abort:
+    """The socket of a connect job in flight, so ``close()`` can cut it from any thread.
+
+    The job owns the duplicate descriptor (it closes it); other threads only call
+    ``shutdown``, which ends a blocked connect, TLS handshake or read at once.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._handle: socket.socket | None = None
+        self.cancelled = False
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self.cancelled:
+                raise ConnectionAbortedError("the session closed while connecting")
+            self._handle = sock.dup()
+
+    def release(self) -> None:
+        with self._lock:
+            if self._handle is not None:
+                self._handle.close()
+                self._handle = None
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            if self._handle is not None:
+                with contextlib.suppress(OSError):
+                    self._handle.shutdown(socket.SHUT_RDWR)
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """What a connect job produced: an open WebSocket, or the fault that stopped it."""
+
+    ws: websocket.WebSocket | None
+    fault: Fault | None
+    token_fetched: bool
+
+
+class _Reader:
+    """Reads ahead from the non-blocking socket for websocket-client's frame reader.
+
+    Raises ``BlockingIOError``/``ssl.SSLWantReadError`` when nothing is buffered and the
+    socket has nothing, ``_PeerEOF`` at end of stream.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._data = b""
+        self._pos = 0
+        self.bytes_read = 0
+
+    def recv(self, bufsize: int) -> bytes:
+        if self._pos >= len(self._data):
+            data = self._sock.recv(READ_CHUNK_BYTES)
+            if not data:
+                raise _PeerEOF
+            self.bytes_read += len(data)
+            self._data, self._pos = data, 0
+        chunk = self._data[self._pos : self._pos + bufsize]
+        self._pos += len(chunk)
+        return chunk
+
+
+class _Link:
+    """One upgraded connection: its socket, frame reader and unwritten bytes."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.reader = _Reader(sock)
+        self.frames = websocket.frame_buffer(self.reader.recv, True)
+        self.message: list[bytes] = []
+        self.message_opcode = 0
+        self.message_bytes = 0
+        self.unwritten = bytearray()
+
+    @property
+    def partial(self) -> bool:
+        """A frame was begun (header or payload bytes held) and not completed."""
+        return self.frames.header is not None or bool(self.frames.recv_buffer)
+
+
+class DialOut:
+    """One dial-out connection kept alive by a ``SessionCore``; see the module docstring.
+
+    ``start``, ``send``, ``close``, ``diagnostics`` are thread-safe; everything else runs
+    on the loop thread. ``ended`` is set after the final "closed" event went out.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        core: SessionCore,
+        dialect: Dialect,
+        on_message: Callable[[Message], None],
+        on_event: Callable[[ConnectionEvent], None] | None,
+        tokens: TokenProvider | None,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float],
+        ioloop: IOLoop | None = None,
+    ) -> None:
+        self._url = url
+        self._core = core
+        self._dialect = dialect
+        self._on_message = on_message
+        self._on_event = on_event
+        self._tokens = tokens
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._given_ioloop = ioloop
+        self._ioloop: IOLoop | None = None
+        self._lock = threading.Lock()
+        self._tls: ssl.SSLContext | None = None
+        self._link: _Link | None = None
+        self._job: asyncio.Future[_Attempt] | None = None
+        self._abort: _Abort | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at_s: float | None = None
+        self._kicked = False
+        self._started = False
+        self._warned: set[str] = set()
+        self.ended = threading.Event()
+
+    # -- any thread ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start on the given loop, or on ``IOLoop.shared()`` (started by the first
+        session, so merely building sessions spawns no thread)."""
+        with self._lock:
+            self._core.start(self._clock())
+            self._started = True
+            self._ioloop = self._given_ioloop or IOLoop.shared()
+        self._kick()
+
+    def in_loop_thread(self) -> bool:
+        return self._ioloop is not None and self._ioloop.in_loop_thread()
+
+    @property
+    def _io(self) -> IOLoop:
+        assert self._ioloop is not None, "used before start()"
+        return self._ioloop
+
+    def send(self, data: str | bytes) -> bool:
+        with self._lock:
+            accepted = self._core.send(data)
+        if accepted:
+            self._kick()
+        return accepted
+
+    def close(self) -> None:
+        """Mark the session closed now; the loop finishes the close handshake (if a link is
+        up) within ``core.close_wait_s``. An in-flight connect job is cut, not awaited."""
+        with self._lock:
+            self._core.close(self._clock())
+            started = self._started
+            abort = self._abort
+        if abort is not None:
+            abort.cancel()
+        if started:
+            self._kick()
+        else:  # never started: nothing runs on the loop, so finish here
+            self._publish()
+
+    def diagnostics(self) -> SessionDiagnostics:
+        with self._lock:
+            return self._core.diagnostics(self._clock())
+
+    @property
+    def outcome(self) -> JitterlineError | None:
+        with self._lock:
+            return self._core.outcome
+
+    # -- the loop: driving the core ------------------------------------------------------------
+
+    def _kick(self) -> None:
+        with self._lock:
+            if self._kicked:
+                return
+            self._kicked = True
+        self._io.call_soon_threadsafe(self._kicked_drive)
+
+    def _kicked_drive(self) -> None:
+        with self._lock:
+            self._kicked = False
+        self._drive()
+
+    def _drive(self) -> None:
+        """Write what may go, carry out what the core asks, publish its events, re-arm."""
+        while True:
+            now_s = self._clock()
+            link = self._link
+            if link is not None:
+                with self._lock:
+                    items = self._core.take_sendable(now_s, len(link.unwritten))
+                for data in items:
+                    self._write_message(link, data)
+            with self._lock:
+                actions = self._core.poll(now_s)
+            if not actions:
+                break
+            for action in actions:
+                self._carry_out(action, now_s)
+        self._publish()
+
+    def _carry_out(self, action: Action, now_s: float) -> None:
+        link = self._link
+        if isinstance(action, Connect):
+            self._connect(action.refresh_token)
+        elif isinstance(action, Disconnect):
+            self._lose(action.ending)
+        elif link is not None and isinstance(action, SendPing):
+            self._write(link, ABNF.create_frame(action.payload, ABNF.OPCODE_PING).format())
+        elif link is not None and isinstance(action, SendClose):
+            payload = action.code.to_bytes(2, "big") + action.reason.encode()
+            self._write(link, ABNF.create_frame(payload, ABNF.OPCODE_CLOSE).format())
+
+    def _publish(self) -> None:
+        with self._lock:
+            events = self._core.events()
+            ended = self._core.ended
+            deadline_s = self._core.next_deadline_s()
+        for event in events:
+            self._emit(event)
+        if ended:
+            self._cancel_timer()
+            if self._link is not None:
+                self._teardown()
+            self.ended.set()
+        else:
+            self._arm(deadline_s)
+
+    def _arm(self, deadline_s: float | None) -> None:
+        if deadline_s == self._timer_at_s:
+            return
+        self._cancel_timer()
+        if deadline_s is not None:
+            delay_s = max(0.0, deadline_s - self._clock())
+            self._timer = self._io.loop.call_later(delay_s, self._on_timer)
+            self._timer_at_s = deadline_s
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at_s = None
+        self._drive()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._timer_at_s = None
+
+    # -- connecting ---------------------------------------------------------------------------
+
+    def _connect(self, refresh_token: bool) -> None:
+        abort = _Abort()
+        with self._lock:
+            self._abort = abort
+        job = self._io.loop.run_in_executor(None, self._open, refresh_token, abort)
+        self._job = job
+        job.add_done_callback(self._opened)
+
+    def _opened(self, job: asyncio.Future[_Attempt]) -> None:
+        with self._lock:
+            self._abort = None
+        if job.cancelled():
+            return  # the loop is shutting down
+        error = job.exception()
+        if error is not None:  # a bug in the job: fail the attempt, do not hang the session
+            logger.error("session %s: connect job failed", self._core.label, exc_info=error)
+            attempt = _Attempt(None, ConnectFailed(_describe(error)), token_fetched=False)
+        else:
+            attempt = job.result()
+        now_s = self._clock()
+        with self._lock:
+            current = job is self._job and self._core.state == "connecting"
+            if current and attempt.token_fetched:
+                self._core.token_fetched(now_s)
+            if current and attempt.fault is not None:
+                self._core.attempt_failed(attempt.fault, now_s)
+        self._job = None
+        if attempt.ws is not None:
+            sock = attempt.ws.sock
+            if current and sock is not None:
+                self._link_up(sock, now_s)
+            elif sock is not None:
+                sock.close()  # the session closed while this job ran: discard it
+        self._drive()
+
+    def _open(self, refresh_token: bool, abort: _Abort) -> _Attempt:
+        """The blocking connect job (executor thread): token, TCP, TLS, HTTP upgrade."""
+        token: str | None = None
+        fetched = False
+        tokens = self._tokens
+        if tokens is not None:
+            if refresh_token:
+                tokens.invalidate()
+            before = tokens.refreshes
+            try:
+                token = tokens.token()
+            except TransportError as exc:
+                return _Attempt(None, TokenFailed(exc), tokens.refreshes != before)
+            fetched = tokens.refreshes != before
+        try:
+            ws = self._handshake(token, abort)
+        except WebSocketBadStatusException as exc:
+            retry_after_s = parse_retry_after(_header(exc, "retry-after"), self._wall_clock())
+            return _Attempt(None, HandshakeRefused(exc.status_code, retry_after_s), fetched)
+        except ssl.SSLCertVerificationError as exc:
+            return _Attempt(None, ConnectFailed(_describe(exc), exc.verify_message), fetched)
+        except (WebSocketException, OSError) as exc:
+            return _Attempt(None, ConnectFailed(_describe(exc)), fetched)
+        finally:
+            abort.release()
+        return _Attempt(ws, None, fetched)
+
+    def _handshake(self, token: str | None, abort: _Abort) -> websocket.WebSocket:
+        parts = urlsplit(self._url)
+        secure = parts.scheme.lower() == "wss"
+        host = parts.hostname or ""
+        port = parts.port or (443 if secure else 80)
+        sock = _tcp_connect(host, port, abort)
+        try:
+            if secure:
+                sock = self._tls_context().wrap_socket(sock, server_hostname=host)
+            ws = websocket.WebSocket(skip_utf8_validation=True)
+            header = [f"Authorization: Bearer {token}"] if token else []
+            ws.connect(  # type: ignore[no-untyped-call]
+                self._url, socket=sock, header=header, timeout=IO_TIMEOUT_S, redirect_limit=0
+            )
+        except BaseException:
+            sock.close()
+            raise
+        return ws
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+        return self._tls
+
+    def _link_up(self, sock: socket.socket, now_s: float) -> None:
+        link = _Link(sock)
+        self._link = link
+        with self._lock:
+            self._core.connected(now_s)
+        self._publish()  # "connected" goes out before the connection's first message
+        if self._link is not link:
+            return  # a callback closed the session
+        try:
+            self._dialect.connection_made(now_s)
+            opening = self._dialect.data_to_send()
+        except JitterlineError as exc:
+            self._lose(Ending(str(exc), exc, final=True))
+            return
+        for data in opening:  # the handshake's messages bypass the queue and its limiter
+            self._write(link, _frame(data))
+        with self._lock:
+            self._core.opening_sent(len(opening))
+        self._io.loop.add_reader(link.fd, self._on_readable, link)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _on_readable(self, link: _Link) -> None:
+        if self._link is not link:
+            return
+        fault: Fault | Ending | None = None
+        budget = _READ_BUDGET_FRAMES
+        before = link.reader.bytes_read
+        try:
+            while budget > 0 and self._link is link and fault is None:
+                fault = self._read_frame(link)
+                budget -= 1
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            pass  # resume on the next readiness; frame_buffer kept what it had
+        except _PeerEOF:
+            fault = Dropped("EOF")
+        except OSError as exc:
+            fault = Dropped(_describe(exc))
+        except WebSocketException as exc:
+            fault = Violation(_describe(exc))
+        if budget == 0 and fault is None and self._link is link:
+            self._io.loop.call_soon(self._on_readable, link)  # let others run first
+        with self._lock:
+            self._core.counters.bytes_in += link.reader.bytes_read - before
+            if self._link is link:
+                self._core.frame_progress(link.partial, self._clock())
+        if fault is not None and self._link is link:
+            self._lose(fault)
+        self._drive()
+
+    def _read_frame(self, link: _Link) -> Fault | Ending | None:
+        """Read one frame (or raise for lack of bytes); a fault if the link must end."""
+        frames = link.frames
+        if frames.needs_header():
+            frames.recv_header()
+        if frames.needs_length():
+            frames.recv_length()
+            assert frames.header is not None and frames.length is not None
+            so_far = link.message_bytes if frames.header[4] == ABNF.OPCODE_CONT else 0
+            with self._lock:
+                refusal = self._core.frame_header(frames.length, so_far)
+            if refusal is not None:
+                return refusal
+        frame = frames.recv_frame()
+        if frame.opcode in _CONTROL_OPCODES:
+            return self._control(link, frame.opcode, _payload(frame))
+        return self._data(link, frame)
+
+    def _data(self, link: _Link, frame: ABNF) -> Fault | None:
+        if frame.opcode == ABNF.OPCODE_CONT:
+            if not link.message:
+                return Violation("a continuation frame without a message to continue")
+        elif link.message:
+            return Violation("a new message began inside a fragmented one")
+        else:
+            link.message_opcode = frame.opcode
+        data = _payload(frame)
+        link.message.append(data)
+        link.message_bytes += len(data)
+        if not frame.fin:
+            return None
+        payload = b"".join(link.message)
+        link.message.clear()
+        link.message_bytes = 0
+        if link.message_opcode == ABNF.OPCODE_TEXT:
+            try:
+                self._deliver(payload.decode("utf-8"))
+            except UnicodeDecodeError:
+                return Violation("a text message that is not UTF-8")
+        else:
+            self._deliver(payload)
+        return None
+
+    def _control(self, link: _Link, opcode: int, payload: bytes) -> Fault | None:
+        if opcode == ABNF.OPCODE_PING:
+            self._write(link, ABNF.create_frame(payload, ABNF.OPCODE_PONG).format())
+            return None
+        if opcode == ABNF.OPCODE_PONG:
+            with self._lock:
+                self._core.pong(payload, self._clock())
+            return None
+        code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+        reason = payload[2:].decode("utf-8", "replace")[:120]
+        with self._lock:
+            answering = self._core.state == "connected"
+        if answering:  # RFC 6455 section 5.5.1: echo the close, then let the peer hang up
+            self._write(link, ABNF.create_frame(payload[:2], ABNF.OPCODE_CLOSE).format())
+        return PeerClosed(code, reason)
+
+    def _deliver(self, data: str | bytes) -> None:
+        message = Message(data, arrival_s=self._clock(), received_wall_s=self._wall_clock())
+        with self._lock:
+            self._core.counters.messages_in += 1
+        try:
+            self._on_message(message)
+        except Exception:
+            self._callback_failed("on_message")
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def _write_message(self, link: _Link, data: str | bytes) -> None:
+        if self._link is link:
+            self._write(link, _frame(data))
+
+    def _write(self, link: _Link, data: bytes) -> None:
+        """Write now what the socket takes; buffer the rest for ``_on_writable``."""
+        if link.unwritten:
+            link.unwritten += data
+            return
+        link.unwritten += data
+        self._drain(link)
+        if link.unwritten and self._link is link:
+            self._io.loop.add_writer(link.fd, self._on_writable, link)
+
+    def _drain(self, link: _Link) -> None:
+        try:
+            while link.unwritten:
+                # The same chunk size on every retry: OpenSSL wants a retried write to be at
+                # least as long as the one that could not complete.
+                sent = link.sock.send(memoryview(link.unwritten)[:_WRITE_CHUNK_BYTES])
+                del link.unwritten[:sent]
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            return
+        except OSError as exc:
+            if self._link is link:
+                self._lose(Dropped(f"write failed: {_describe(exc)}"))
+
+    def _on_writable(self, link: _Link) -> None:
+        if self._link is not link:
+            return
+        self._drain(link)
+        if not link.unwritten and self._link is link:
+            self._io.loop.remove_writer(link.fd)
+            self._drive()  # room again: the queue may move
+
+    # -- ending a link ------------------------------------------------------------------------
+
+    def _lose(self, cause: Fault | Ending) -> None:
+        self._teardown()
+        with self._lock:
+            self._core.connection_ended(cause, self._clock())
+
+    def _teardown(self) -> None:
+        link, self._link = self._link, None
+        if link is None:
+            return
+        loop = self._io.loop
+        loop.remove_reader(link.fd)
+        loop.remove_writer(link.fd)
+        with contextlib.suppress(OSError):
+            link.sock.close()
+
+    # -- callbacks ----------------------------------------------------------------------------
+
+    def _emit(self, event: ConnectionEvent) -> None:
+        if self._on_event is None:
+            return
+        try:
+            self._on_event(event)
+        except Exception:
+            self._callback_failed("on_event")
+
+    def _callback_failed(self, name: str) -> None:
+        with self._lock:
+            self._core.counters.callback_errors += 1
+        if name in self._warned:
+            logger.debug("session %s: %s callback raised again", self._core.label, name)
+            return
+        self._warned.add(name)
+        logger.warning(
+            "session %s: %s callback raised; counted in callback_errors, the session goes "
+            "on (logged once)",
+            self._core.label,
+            name,
+            exc_info=True,
+        )
+
+
+def _payload(frame: ABNF) -> bytes:
+    # frame_buffer builds every frame from received bytes; only frames we create hold str.
+    return cast(bytes, frame.data)
+
+
+def _frame(data: str | bytes) -> bytes:
+    opcode = ABNF.OPCODE_TEXT if isinstance(data, str) else ABNF.OPCODE_BINARY
+    return ABNF.create_frame(data, opcode).format()
+
+
+def _tcp_connect(host: str, port: int, abort: _Abort) -> socket.socket:
+    """``socket.create_connection`` with the socket watched before ``connect`` blocks, so
+    ``_Abort.cancel`` can end the wait (Linux aborts a pending connect on shutdown)."""
+    error: OSError | None = None
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(IO_TIMEOUT_S)
+            abort.watch(sock)
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            abort.release()
+            error = exc
+            continue
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    raise error if error is not None else OSError(f"no address for {host}")
+
+
+def _header(exc: WebSocketBadStatusException, name: str) -> str | None:
+    for key, value in (exc.resp_headers or {}).items():
+        if str(key).lower() == name:
+            return str(value)
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    """A foreign exception in a few words. Its text is left out on purpose: websocket-client
+    puts response headers and payload bytes in its messages."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{type(exc).__name__} ({exc.strerror})"
+    return type(exc).__name__

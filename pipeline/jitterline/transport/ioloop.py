@@ -1,0 +1,167 @@
+"""One asyncio event loop in one thread for every dial-out connection of the process.
+
+A thread per connection (and ``select()``, which fails past 1024 descriptors) does not
+scale to hundreds of streams; an epoll-backed asyncio loop does. Only work that cannot run
+on a loop without blocking it goes to a small bounded ``ThreadPoolExecutor``: the TCP
+connect, the TLS handshake and the HTTP upgrade (websocket-client's handshake is blocking),
+and token requests (``requests``). Its workers are started up front, so the process has the
+same threads with 1 session as with 1000: the loop thread, ``EXECUTOR_WORKERS`` workers.
+
+Everything the loop runs must return quickly: a callback that blocks delays every session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Coroutine
+from types import TracebackType
+from typing import Any, TypeVar
+
+from ..errors import ConfigError
+
+__all__ = ["EXECUTOR_WORKERS", "IOLoop"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+EXECUTOR_WORKERS = 4
+"""Blocking jobs (handshakes, token requests) running at once. Each takes a few ms on a
+healthy network, so 4 connect hundreds of sessions a second; a job stuck on a dead host ties
+up one worker until its own timeout, and the others go on."""
+
+_START_TIMEOUT_S = 5.0
+_STOP_TIMEOUT_S = 5.0
+
+
+class IOLoop:
+    """An asyncio loop in the daemon thread ``jitterline-io`` plus a bounded executor.
+
+    Start it with ``start()`` or ``with IOLoop() as loop:``; ``IOLoop.shared()`` is the
+    process-wide instance, started on first use and stopped at interpreter exit.
+    """
+
+    _shared: IOLoop | None = None
+    _shared_lock = threading.Lock()
+
+    def __init__(self, *, name: str = "jitterline-io", workers: int = EXECUTOR_WORKERS) -> None:
+        if workers < 1:
+            raise ConfigError(f"workers={workers} must be at least 1; try {EXECUTOR_WORKERS}")
+        self.name = name
+        self.workers = workers
+        self._loop = asyncio.new_event_loop()
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix=f"{name}-worker"
+        )
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._state = "new"
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"IOLoop({self.name!r}, {self._state}, workers={self.workers})"
+
+    @classmethod
+    def shared(cls) -> IOLoop:
+        """The process-wide loop: started on first call, stopped at exit."""
+        with cls._shared_lock:
+            if cls._shared is None or cls._shared._state == "stopped":
+                loop = cls()
+                loop.start()
+                atexit.register(loop.stop)
+                cls._shared = loop
+            return cls._shared
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    @property
+    def executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        return self._executor
+
+    @property
+    def running(self) -> bool:
+        return self._state == "running"
+
+    def in_loop_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def start(self) -> IOLoop:
+        with self._lock:
+            if self._state != "new":
+                raise ConfigError(f"{self!r} starts once; create a new IOLoop")
+            self._state = "running"
+        self._loop.set_default_executor(self._executor)
+        self._thread.start()
+        self._start_workers()
+        return self
+
+    def stop(self) -> None:
+        """Stop the loop and the executor, joining both; safe to call twice.
+
+        Executor jobs still running (a handshake to a dead host) are not waited for: their
+        workers are daemon-like and their results go nowhere.
+        """
+        with self._lock:
+            if self._state != "running":
+                self._state = "stopped"
+                return
+            self._state = "stopped"
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(_STOP_TIMEOUT_S)
+        if self._thread.is_alive():
+            logger.warning("%s: loop thread still busy after %.0f s", self.name, _STOP_TIMEOUT_S)
+        else:
+            self._loop.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> IOLoop:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def call_soon_threadsafe(self, callback: Callable[..., object], *args: object) -> None:
+        """Run ``callback(*args)`` on the loop thread; ignored once the loop stopped."""
+        if self._state != "running":
+            return
+        with contextlib.suppress(RuntimeError):  # closed between the check and the call
+            self._loop.call_soon_threadsafe(callback, *args)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Schedule ``coro`` on the loop from any thread; its result comes in the future."""
+        if self._state != "running":
+            coro.close()
+            raise ConfigError(f"{self!r} is not running; start() it first")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+        finally:
+            self._cancel_leftovers()
+
+    def _cancel_leftovers(self) -> None:
+        tasks = asyncio.all_tasks(self._loop)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+
+    def _start_workers(self) -> None:
+        """Start every executor worker now: a pool that grows on demand would add threads
+        while sessions connect, and the thread count would depend on the load."""
+        barrier = threading.Barrier(self.workers, timeout=_START_TIMEOUT_S)
+        jobs = [self._executor.submit(barrier.wait) for _ in range(self.workers)]
+        concurrent.futures.wait(jobs, _START_TIMEOUT_S)
