@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from jitterline import Alert, PluginHost
+from jitterline import Alert, PluginHost, StreamInfo
 from jitterline.cli import main
 from jitterline_plugins.wav_sink import WavSink
 from test_pipeline import played, run, scripted_network
 
 
 def test_builtin_plugins_load_through_the_entry_point_group() -> None:
-    names = {info.name for info in PluginHost().info() if info.enabled}
+    names = {info.name for info in PluginHost(load_entrypoints=True).info() if info.enabled}
 
     assert {"wav_sink", "alert_log"} <= names
 
@@ -35,14 +35,16 @@ def test_wav_sink_writes_every_played_frame_concealment_included(tmp_path: Path)
 
 
 def test_alert_log_logs_alerts_at_their_severity(caplog: pytest.LogCaptureFixture) -> None:
-    host = PluginHost(disabled=["wav_sink"])
+    host = PluginHost(load_entrypoints=True, disabled=["wav_sink"])
     alert = Alert(kind="verdict_changed", message="jitter is up", at_s=1.0, severity="error")
 
     with caplog.at_level(logging.INFO, logger="jitterline.alerts"):
-        host.notify("jitterline_alert", alert=alert)
+        host.notify("jitterline_alert", alert=alert, stream=None)
+        host.notify("jitterline_alert", alert=alert, stream=StreamInfo("call-7", "external"))
 
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
-        (logging.ERROR, "verdict_changed: jitter is up")
+        (logging.ERROR, "verdict_changed: jitter is up"),
+        (logging.ERROR, "call-7/external: verdict_changed: jitter is up"),
     ]
 
 

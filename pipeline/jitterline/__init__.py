@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 
+from . import stages
 from .adjuster import BufferPolicy
 from .codecs import Codec
 from .config import PipelineConfig
@@ -41,7 +42,6 @@ from .frames import (
 )
 from .hookspecs import hookimpl
 from .plugins import PluginHost
-from . import stages
 from .stages import Pipeline, build_pipeline, scheduler_clock
 
 __version__ = "0.1.0"

@@ -37,9 +37,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
+from .config import PipelineConfig
 from .errors import ConfigError
 from .frames import ConnectionEvent, ConnectionStats, Message
-from .stream import PipelineConfig
 
 __all__ = [
     "CAPTURE_VERSION",

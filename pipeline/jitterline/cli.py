@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .config import PipelineConfig
 from .emulator import PROFILES, Emulator
 from .errors import AuthError, ConfigError, ConnectionLost, JitterlineError
 from .live import RunResult, SessionOptions, replay, run_live
 from .plugins import DISABLE_ENV, PluginHost
 from .status import make_status
-from .stream import PipelineConfig
 from .summary import render, summarize
 from .transport import BackoffPolicy, TokenProvider, redact_url
 
@@ -234,7 +234,7 @@ def _host(argv: Sequence[str]) -> PluginHost:
     pre = argparse.ArgumentParser(add_help=False)
     _plugin_switches(pre)
     known, _ = pre.parse_known_args(argv)
-    return PluginHost(disabled=known.disable, enabled=known.enable)
+    return PluginHost(disabled=known.disable, enabled=known.enable, load_entrypoints=True)
 
 
 # -- the parser -----------------------------------------------------------------------------

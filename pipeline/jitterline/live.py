@@ -101,36 +101,19 @@ def run_live(
         if status is not None and isinstance(item, Stats):
             status.stats(item)
 
-    connection: Connection = runtime.call(
-        lambda: runtime.connect(
-            proto,
-            config,
-            send=session.send,
-            close=lambda: None,  # the session ends on the peer's close
-            stream_id=session_id,
-            record=writer,
-            on_item=on_item,
-        )
-    )
-
-    def on_event(event: ConnectionEvent) -> None:
-        connection.connection_event(event, session.connection_stats())
-        if status is not None:
-            status.event(event)
-
-    session = Session(
+    connection, session = runtime.dial(
         options.url,
-        dialect=proto,
-        on_message=connection.receive,
+        proto,
+        config,
+        record=writer,
+        on_item=on_item,
+        on_event=None if status is None else status.event,
         tokens=options.tokens,
-        on_event=on_event,
-        clock=clock,
         max_attempts=options.max_attempts,
         allow_insecure=options.allow_insecure,
         ping_interval_s=options.ping_interval_s,
         backoff=options.backoff,
         session_id=session_id,
-        ioloop=runtime.ioloop,
     )
     interrupted = False
     try:

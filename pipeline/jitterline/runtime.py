@@ -43,7 +43,7 @@ from .frames import AudioFrame, ConnectionEvent, ConnectionStats, Message, Stats
 from .plugins import PluginHost
 from .protocols import Dialect
 from .stages import Pipeline, build_pipeline, receive
-from .transport import IOLoop
+from .transport import IOLoop, Session
 
 __all__ = ["Connection", "RunClock", "Runtime"]
 
@@ -105,6 +105,57 @@ class Runtime:
 
         self.ioloop.loop.call_soon_threadsafe(run)
         return future.result(timeout_s)
+
+    def dial(
+        self,
+        url: str,
+        proto: Dialect,
+        config: PipelineConfig,
+        *,
+        record: CaptureWriter | None = None,
+        on_item: Callable[[AudioFrame | Stats], None] | None = None,
+        on_event: Callable[[ConnectionEvent], None] | None = None,
+        **session_options: Any,
+    ) -> tuple[Connection, Session]:
+        """A dial-out stream: a ``Session`` on this runtime's loop feeding a new
+        connection; ``session_options`` go to ``Session`` (tokens, max_attempts, ...).
+        Call from any thread; start the session to connect."""
+        sessions: list[Session] = []
+
+        def send(data: str | bytes) -> bool:
+            return sessions[0].send(data)
+
+        def close() -> None:
+            sessions[0].close(0.0)
+
+        connection = self.call(
+            lambda: self.connect(
+                proto,
+                config,
+                send=send,
+                close=close,
+                stream_id=getattr(proto, "stream_id", ""),
+                record=record,
+                on_item=on_item,
+            )
+        )
+
+        def events(event: ConnectionEvent) -> None:
+            connection.connection_event(event, sessions[0].connection_stats())
+            if on_event is not None:
+                on_event(event)
+
+        session = Session(
+            url,
+            dialect=proto,
+            on_message=connection.receive,
+            on_event=events,
+            clock=self.clock,
+            ioloop=self.ioloop,
+            **session_options,
+        )
+        sessions.append(session)
+        return connection, session
 
     def connect(
         self,
