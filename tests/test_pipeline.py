@@ -4,6 +4,7 @@ repeatability, custom operators, and plugin sinks (registered, entry-point, rais
 from __future__ import annotations
 
 import itertools
+import functools
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -34,6 +35,7 @@ from jitterline import (
 )
 from jitterline.frames import ArrivalMeasure, Event, StreamInfo
 from jitterline.protocols import DialectFactory, Role
+from jitterline.protocols import twilio
 from jitterline.protocols.appfoundry import AppFoundryDialect, audio_chunk_message
 
 START_S = 1.0
@@ -415,3 +417,35 @@ def test_a_plugin_dialect_that_breaks_its_contract_costs_one_message_each() -> N
     assert counts.played == 18
     assert counts.concealed == counts.lost == 2  # the slots of seqs 5 and 7
     assert counts.balanced
+
+
+def test_twilio_both_tracks_get_a_buffer_each_and_are_never_mixed() -> None:
+    """Both tracks number their chunks from 1: in one buffer they would be each other's
+    duplicates. Per channel, each plays all its 20 frames with its own samples."""
+    sid = "MZ0001"
+    inbound = b"\x10" * 160
+    outbound = b"\x90" * 160
+    arrivals = [(0.6, twilio.connected_message())]
+    arrivals.append((0.7, twilio.start_message(sid, "CA1", tracks=("inbound", "outbound"))))
+    for n in range(20):
+        at = START_S + n * FRAME_S
+        for offset, track, payload in ((0.0, "inbound", inbound), (0.001, "outbound", outbound)):
+            text = twilio.inbound_media_message(
+                sid, n + 1, n * 20, payload, 3 + 2 * n, track=track
+            )
+            arrivals.append((round(at + offset, 6), text))
+    host = PluginHost()
+    both = functools.partial(twilio.TwilioDialect, tracks=twilio.TRACKS)
+    host.dialects.register("twilio-both", both)
+    config = replace(FIXED_60, dialect="twilio-both")
+    output = run(sorted(arrivals), end_s=2.0, config=config, host=host, role="server")
+
+    finals = {s.channel: s for _, s in output if isinstance(s, Stats)}
+    assert set(finals) == {"inbound", "outbound"}
+    for channel, payload in (("inbound", inbound), ("outbound", outbound)):
+        counts = finals[channel].frames
+        assert counts.received == counts.played == 20
+        assert counts.duplicate == counts.late == 0
+        frames = [f for f in played(output) if f.channel == channel and not f.concealed]
+        assert {f.payload for f in frames} == {payload}
+        assert finals[channel].stream_id == sid

@@ -40,6 +40,7 @@ from typing import IO, Any
 from .config import PipelineConfig
 from .errors import ConfigError
 from .frames import ConnectionEvent, ConnectionStats, Message
+from .protocols import ROLES, Role
 
 __all__ = [
     "CAPTURE_VERSION",
@@ -64,11 +65,13 @@ class CaptureHeader:
     config: PipelineConfig
     source: dict[str, Any] = field(default_factory=dict)
     started_wall_s: float | None = None
+    role: Role = "client"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "jitterline_capture": CAPTURE_VERSION,
             "dialect": self.dialect,
+            "role": self.role,
             "config": asdict(self.config),
             "source": dict(self.source),
             "started_wall_s": self.started_wall_s,
@@ -202,7 +205,11 @@ def _header(path: Path, line: dict[str, Any]) -> CaptureHeader:
     options["dialect"] = dialect
     source = line.get("source")
     started = line.get("started_wall_s")
+    role = line.get("role", "client")
+    if role not in ROLES:
+        raise _bad(path, 1, f"has role {role!r}, not client or server")
     return CaptureHeader(
+        role=role,
         dialect=dialect,
         config=PipelineConfig(**options),
         source=dict(source) if isinstance(source, dict) else {},

@@ -208,7 +208,12 @@ def replay(
     scheduler = HistoricalScheduler(EPOCH)
     subject: Subject[Message | ConnectionEvent | ConnectionStats] = Subject()
     pipeline = build_pipeline(
-        subject, scheduler=scheduler, config=config, host=host, clock=scheduler_clock(scheduler)
+        subject,
+        scheduler=scheduler,
+        config=config,
+        host=host,
+        clock=scheduler_clock(scheduler),
+        role=header.role,
     )
     completed: list[bool] = []
     subscription = pipeline.output.subscribe(

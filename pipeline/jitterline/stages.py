@@ -857,12 +857,15 @@ def build_pipeline(
     clock: Clock | None = None,
     stream_id: str = "",
     parsed: bool = False,
+    role: Role = "client",
     channel_chain: Callable[[str], Operator[Any, Any]] | None = None,
 ) -> Pipeline:
     """Chain parse -> decode -> per channel (the design card's chain) for one connection.
 
-    ``source`` carries raw ``Message``s (a replay, a test); a live shell that owns its
-    protocol object passes its events instead with ``parsed=True``. ``channel_chain``
+    ``source`` carries raw ``Message``s (a replay, a test), parsed by a new protocol
+    object of ``config.dialect`` in our ``role`` (``client`` when we dialled out,
+    ``server`` when the peer connected to us); a live shell that owns its protocol object
+    passes its events instead with ``parsed=True``. ``channel_chain``
     replaces the default per-channel chain (see the module docstring).
     """
     config = config or PipelineConfig()
@@ -875,7 +878,7 @@ def build_pipeline(
     finals: list[tuple[Stats, Diagnosis]] = []
     ops: list[Operator[Any, Any]] = []
     if not parsed:
-        ops.append(parse(host.dialects.get(config.dialect)))
+        ops.append(parse(host.dialects.get(config.dialect), role=role))
     ops += [decode(host.codecs, stream_id=stream_id), per_channel(chain)]
     composed: Observable[Any] = source.pipe(*ops)
     output = _with_finals(composed, finals)
