@@ -1,0 +1,106 @@
+"""The runtime on loopback: many dial-out streams share one event loop, threads and
+descriptors do not grow with them, and the stages never race each other."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from jitterline import PipelineConfig, PluginHost, Stats, StreamInfo, hookimpl
+from jitterline.emulator import Emulator
+from jitterline.live import SessionOptions, run_live
+from jitterline.runtime import Runtime
+from jitterline.transport import IOLoop
+
+WAIT_S = 30.0
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def run_many(n: int) -> tuple[int, int, list[tuple[Stats, int]]]:
+    """N dial-out streams against one local endpoint, each with its own protocol object
+    and pipeline on one runtime. Returns the threads and descriptors counted while all N
+    were connected, and each stream's final snapshot with its session's message count."""
+    with Emulator(duration_s=2.0, require_token=False) as emu, IOLoop() as ioloop:
+        runtime = Runtime(PluginHost(), ioloop=ioloop)
+        config = PipelineConfig()
+        streams = []
+        for index in range(n):
+            proto = runtime.host.dialects.get("appfoundry")(
+                role="client", session_id=f"s{index}"
+            )
+            streams.append(
+                runtime.dial(emu.ws_url, proto, config, max_attempts=1, ping_interval_s=0)
+            )
+        for _, session in streams:
+            session.start()
+        deadline = time.monotonic() + WAIT_S
+        while not all(s.diagnostics().connected for _, s in streams):
+            assert time.monotonic() < deadline, "not every session connected"
+            time.sleep(0.01)
+        threads, fds = threading.active_count(), open_fds()
+        for _, session in streams:
+            assert session.wait(WAIT_S), "the endpoint did not end the stream"
+        results = []
+        for connection, session in streams:
+            stats, _ = runtime.call(lambda c=connection: c.finish()).primary  # type: ignore[misc]
+            results.append((stats, session.diagnostics().messages_in))
+            assert session.outcome is None
+    return threads, fds, results
+
+
+def test_200_dial_out_streams_share_one_loop_with_constant_threads() -> None:
+    threads_20, fds_20, results_20 = run_many(20)
+    threads_200, fds_200, results_200 = run_many(200)
+
+    assert threads_200 == threads_20  # the loop, its helper pool, the endpoint's: constant
+    # One socket per stream on our side, and the in-process endpoint's socket for it.
+    assert fds_200 - fds_20 == 2 * (200 - 20)
+    for stats, messages in results_20 + results_200:
+        frames = stats.frames
+        assert frames.balanced
+        assert frames.received == messages - 1  # every audio message; the ack is not audio
+        assert frames.received > 0  # a stream that joined late missed the start
+
+
+class SnapshotCounter:
+    def __init__(self) -> None:
+        self.snapshots = 0
+
+    @hookimpl
+    def jitterline_stats(self, stats: Stats, stream: StreamInfo) -> None:
+        self.snapshots += 1
+
+
+def test_snapshots_every_millisecond_over_a_5000_frame_window_never_race_the_frames() -> None:
+    """One stream's receive and snapshot paths used to run on two threads: a snapshot
+    iterating the latency window while a frame was added killed playout with "deque
+    mutated during iteration". On one loop they cannot interleave."""
+    counter = SnapshotCounter()
+    host = PluginHost(plugins=[counter])
+    config = PipelineConfig(stats_every_s=0.001, window_frames=5000, window_s=100.0)
+    with Emulator(duration_s=3.0, require_token=False) as emu:
+        options = SessionOptions(url=emu.ws_url, duration_s=4.0, ping_interval_s=0.1)
+        result = run_live(options, config=config, host=host)
+
+    frames = result.stats.frames
+    assert result.outcome is None
+    assert frames.balanced
+    assert frames.received == 150
+    assert frames.played >= 145
+    assert counter.snapshots > 500  # the snapshot load really ran alongside the frames
+    assert host.failures_by_plugin() == {}
+
+
+@pytest.fixture(autouse=True)
+def no_thread_left_behind() -> None:
+    before = {t.name for t in threading.enumerate()}
+    yield
+    time.sleep(0.1)
+    leftover = {t.name for t in threading.enumerate()} - before - {"jitterline-io"}
+    assert not {n for n in leftover if n.startswith("jitterline")}
