@@ -146,7 +146,7 @@ class StreamProcessor:
 
         Anything a dialect or codec raises is caught here, not only the ``DialectError``
         and ``CodecError`` of its contract: a plugin's bug, or a codec name no plugin
-        registered, must cost one message, never the stream (DESIGN.md, invariant 3).
+        registered, must cost one message, never the stream: bad input never stops one.
         """
         try:
             events = self.dialect.parse(message)
