@@ -156,6 +156,18 @@ def test_user_input_goes_out_after_initialize() -> None:
     ]
 
 
+def test_initialize_goes_ahead_of_what_a_dropped_connection_left_unsent() -> None:
+    dialect = client()
+    dialect.connection_made(0.0)
+    dialect.data_to_send()
+    dialect.send_user_input("lost?", "u1")
+    dialect.connection_made(1.0)
+    assert [json.loads(text)["type"] for text in dialect.data_to_send()] == [
+        "initialize",
+        "user_input",
+    ]
+
+
 def test_client_cannot_originate_server_messages() -> None:
     dialect = client()
     with pytest.raises(DialectError, match="only a server"):

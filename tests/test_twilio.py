@@ -538,6 +538,8 @@ CLIENT_MALFORMED = {
     "media payload empty": edited(media_message(STREAM, b"\x00"), ("media", "payload"), ""),
     "mark without name": edited(mark_message(STREAM, "m"), ("mark", "name"), ...),
     "binary": b"\x00",
+    "unknown event": json.dumps({"event": "hangup", "streamSid": STREAM}),
+    "dtmf, which only Twilio sends": dtmf_message(STREAM, "1", 3),
 }
 
 

@@ -7,8 +7,8 @@ number is logged once and counted, and the previous target stays).
 
 Built-in policies:
 
-- ``adaptive`` (the default), after WebRTC NetEq's UnderrunOptimizer (PROTOCOLS.md, section
-  6): the largest relative delay of each 500 ms interval goes into a 100-bucket x 20 ms
+- ``adaptive`` (the default), after WebRTC NetEq's UnderrunOptimizer (docs/protocols.md,
+  NetEq): the largest relative delay of each 500 ms interval goes into a 100-bucket x 20 ms
   histogram with exponential forgetting (0.983 per interval; faster at the start, as
   NetEq's ``start_forget_weight`` 2), and the target is ``(1 + bucket at the 0.95
   quantile) * 20 ms``, 80 ms until the first interval closes. Counting the whole quantile

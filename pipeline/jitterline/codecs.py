@@ -2,12 +2,12 @@
 
 ``audioop`` left the standard library in Python 3.13, so G.711 is done with lookup tables:
 decoding indexes a 256-entry table built once at import from the bit recipe of
-PROTOCOLS.md section 5; encoding indexes a 65536-entry table with the uint16 view of the
+docs/protocols.md (G.711); encoding indexes a 65536-entry table with the uint16 view of the
 int16 samples, filled once by vectorised segment math. Both reproduce CPython's ``audioop``
 (the Sun g711.c algorithm: mu-law on the sample shifted right by 2, A-law by 3, arithmetic
 shift) bit for bit, so captures made with the old module decode and re-encode unchanged.
 
-Decoded arrays are copies, made read-only (STYLE.md: a numpy payload is read-only once
+Decoded arrays are copies, made read-only (the rule for every numpy payload once
 built), so a frame can be shared with plugins without one of them changing it for the
 others. Encoding takes any 1-D real array-like on the int16 scale (floats are *not*
 normalised to [-1, 1]): floats are rounded half to even, everything is clipped to

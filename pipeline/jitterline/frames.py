@@ -289,7 +289,7 @@ class Arrival:
 @dataclass(frozen=True, slots=True)
 class FrameCounts:
     """Frame accounting; ``received == played + late + duplicate + overflow + malformed +
-    unplayed`` always holds on a final snapshot (see DESIGN.md, invariant 1)."""
+    unplayed`` always holds on a final snapshot (each frame received is counted once)."""
 
     received: int = 0
     played: int = 0

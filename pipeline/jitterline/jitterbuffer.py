@@ -67,7 +67,7 @@ Playout clock
     after the stream's end) and never raises, so a straggler cannot break a pipeline;
     ``pop_due`` then emits nothing. Closing twice is harmless.
 
-Accounting (DESIGN.md invariant 1) holds at every instant, not only at the end::
+Accounting (each received frame counted once) holds at every instant, not only at the end::
 
     received == played + late + duplicate + overflow + unplayed
 

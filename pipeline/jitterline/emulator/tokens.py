@@ -1,6 +1,6 @@
 """The emulator's OAuth2 token endpoint: client credentials grant over real HTTP on loopback.
 
-It answers like the Genesys Cloud login service (PROTOCOLS.md section 3, RFC 6749 section
+It answers like the Genesys Cloud login service (docs/protocols.md, RFC 6749 section
 4.4): ``POST /oauth/token`` with HTTP Basic client credentials and the form body
 ``grant_type=client_credentials`` gives ``{"access_token", "token_type": "bearer",
 "expires_in"}``; errors follow RFC 6749 section 5.2. A ``ThreadingHTTPServer`` in its own

@@ -174,10 +174,13 @@ class AppFoundryDialect:
     # -- the Dialect contract -----------------------------------------------------------
 
     def connection_made(self, now_s: float) -> None:
+        """Client: ``initialize`` goes first, ahead of anything queued but not yet sent
+        (a ``user_input`` left over from a dropped connection follows it)."""
         if self.role == "client":
             self.state = "connecting"
-            self._queue(
-                initialize_message(self.stream_id, self.metadata, now_wall_s=self._wall_clock())
+            now_wall_s = self._wall_clock()
+            self._outgoing.insert(
+                0, initialize_message(self.stream_id, self.metadata, now_wall_s=now_wall_s)
             )
 
     def receive(self, message: Message) -> list[Event]:

@@ -197,7 +197,7 @@ class TwilioDialect:
         try:
             events = self._handle(event, document, message)
         except Refused as exc:
-            # Only a start can reach here in the wrong shape and leave the socket useless.
+            # A refused start leaves the socket useless; any other refusal costs one message.
             fatal = event == "start"
             self._ended = self._ended or fatal
             return [_jsontext.refusal(exc, message, self.stream_id, fatal=fatal)]
