@@ -55,18 +55,26 @@ from ._jsontext import short
 __all__ = [
     "AUDIO",
     "CHANNEL_NAMES",
+    "CLIENT_MESSAGES",
+    "CLIENT_SESSION_TYPES",
     "CLOSE_REASONS",
     "DISCONNECT_REASONS",
     "FORMATS",
     "MAX_MESSAGE_CHARS",
     "NULL_UUID",
     "SAMPLE_RATE",
+    "SERVER_MESSAGES",
+    "SERVER_SESSION_TYPES",
     "VERSION",
     "AudioHookDialect",
+    "Field",
     "MediaOffer",
+    "Parameters",
     "State",
+    "client_table",
     "format_duration",
     "parse_duration_s",
+    "server_table",
 ]
 
 logger = logging.getLogger(__name__)
@@ -139,7 +147,7 @@ class _Violation(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class _Field:
+class Field:
     """One parameter's expected JSON type; ``required`` ones must be present."""
 
     name: str
@@ -147,45 +155,45 @@ class _Field:
     required: bool = False
 
 
-Parameters: TypeAlias = tuple[_Field, ...]
+Parameters: TypeAlias = tuple[Field, ...]
 
 CLIENT_MESSAGES: Mapping[str, Parameters] = {
     "open": (
-        _Field("organizationId", "str", True),
-        _Field("conversationId", "str", True),
-        _Field("participant", "object", True),
-        _Field("media", "array", True),
-        _Field("language", "str"),
-        _Field("customConfig", "object"),
+        Field("organizationId", "str", True),
+        Field("conversationId", "str", True),
+        Field("participant", "object", True),
+        Field("media", "array", True),
+        Field("language", "str"),
+        Field("customConfig", "object"),
     ),
-    "close": (_Field("reason", "str", True),),
-    "ping": (_Field("rtt", "duration"),),
+    "close": (Field("reason", "str", True),),
+    "ping": (Field("rtt", "duration"),),
     "paused": (),
-    "resumed": (_Field("start", "duration"), _Field("discarded", "duration")),
-    "update": (_Field("language", "str"),),
-    "discarded": (_Field("start", "duration", True), _Field("discarded", "duration", True)),
-    "error": (_Field("code", "int", True), _Field("message", "str", True)),
+    "resumed": (Field("start", "duration"), Field("discarded", "duration")),
+    "update": (Field("language", "str"),),
+    "discarded": (Field("start", "duration", True), Field("discarded", "duration", True)),
+    "error": (Field("code", "int", True), Field("message", "str", True)),
 }
 """What a client sends, with the parameters we rely on (others pass through)."""
 
 SERVER_MESSAGES: Mapping[str, Parameters] = {
     "opened": (
-        _Field("media", "array", True),
-        _Field("startPaused", "bool"),
-        _Field("discardTo", "duration"),
+        Field("media", "array", True),
+        Field("startPaused", "bool"),
+        Field("discardTo", "duration"),
     ),
     "closed": (),
     "pong": (),
     "pause": (),
     "resume": (),
     "updated": (),
-    "event": (_Field("entities", "array", True),),
-    "disconnect": (_Field("reason", "str", True), _Field("info", "str")),
-    "reconnect": (_Field("info", "str"),),
+    "event": (Field("entities", "array", True),),
+    "disconnect": (Field("reason", "str", True), Field("info", "str")),
+    "reconnect": (Field("info", "str"),),
 }
 
-_CLIENT_SESSION_TYPES = ("ping", "paused", "resumed", "update", "discarded", "error")
-_SERVER_SESSION_TYPES = ("pong", "pause", "resume", "event", "updated", "reconnect")
+CLIENT_SESSION_TYPES = ("ping", "paused", "resumed", "update", "discarded", "error")
+SERVER_SESSION_TYPES = ("pong", "pause", "resume", "event", "updated", "reconnect")
 
 
 def server_table(session_types: Iterable[str]) -> Table:
@@ -240,9 +248,10 @@ class AudioHookDialect:
     name: ClassVar[str] = "audiohook"
     client_messages: ClassVar[Mapping[str, Parameters]] = CLIENT_MESSAGES
     server_messages: ClassVar[Mapping[str, Parameters]] = SERVER_MESSAGES
-    client_session_types: ClassVar[tuple[str, ...]] = _CLIENT_SESSION_TYPES
+    client_session_types: ClassVar[tuple[str, ...]] = CLIENT_SESSION_TYPES
     server_audio: ClassVar[bool] = False
     """Whether the server sends audio to the client (Audio Connector's bot audio)."""
+    default_formats: ClassVar[tuple[str, ...]] = ("PCMU", "L16")
     default_channels: ClassVar[tuple[str, ...]] = CHANNEL_NAMES
     default_offers: ClassVar[tuple[MediaOffer, ...]] = (
         ("PCMU", ("external", "internal")),
@@ -250,6 +259,8 @@ class AudioHookDialect:
         ("PCMU", ("internal",)),
     )
     open_info_keys: ClassVar[tuple[str, ...]] = ("language", "customConfig")
+    server_audio_channel: ClassVar[str] = "bot"
+    """``AudioFrame.channel`` of audio a server sends (client role, when ``server_audio``)."""
 
     def __init__(
         self,
@@ -262,7 +273,7 @@ class AudioHookDialect:
         participant: Mapping[str, str] | None = None,
         media: Sequence[MediaOffer] | None = None,
         open_parameters: Mapping[str, Any] | None = None,
-        formats: Sequence[str] = ("PCMU", "L16"),
+        formats: Sequence[str] | None = None,
         channels: Sequence[str] | None = None,
         open_timeout_s: float | None = None,
         close_timeout_s: float = DEFAULT_CLOSE_TIMEOUT_S,
@@ -276,7 +287,7 @@ class AudioHookDialect:
         self.session_id = session_id or ""
         self._learn_id = role == "server" and not session_id
         self.organization_id = organization_id
-        self._formats = _check_formats(formats)
+        self._formats = _check_formats(self.default_formats if formats is None else formats)
         self._channels = _check_channels(self.default_channels if channels is None else channels)
         default_open = (
             DEFAULT_OPEN_TIMEOUT_S if role == "server" else DEFAULT_CLIENT_OPEN_TIMEOUT_S
@@ -290,7 +301,7 @@ class AudioHookDialect:
         self._table: Table = (
             server_table(self.client_session_types)
             if role == "server"
-            else client_table(_SERVER_SESSION_TYPES, server_audio=self.server_audio)
+            else client_table(SERVER_SESSION_TYPES, server_audio=self.server_audio)
         )
         self._handlers = self._server_handlers() if role == "server" else self._client_handlers()
         self._state: State = "opening" if role == "server" else "idle"
@@ -564,6 +575,8 @@ class AudioHookDialect:
         if self._media is None or not self._media[1]:
             raise _Violation("audio_without_media", "audio although no media was chosen")
         media_format, channels = self._media
+        if self.role == "client":
+            channels = (self.server_audio_channel,)
         if not data:
             return [Malformed("empty_audio", "binary message of 0 bytes", message.arrival_s)]
         frame_bytes = FORMATS[media_format] * len(channels)
@@ -768,7 +781,7 @@ class AudioHookDialect:
             StreamOpened(
                 stream_id=self.session_id,
                 arrival_s=message.arrival_s,
-                info={"media": None if media is None else _offer(media), **parameters},
+                info={**parameters, "media": None if media is None else _offer(media)},
                 call_id=self._conversation_id,
                 participant_id=self._participant_id,
                 channels=() if media is None else media[1],
