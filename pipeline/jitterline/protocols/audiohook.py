@@ -471,7 +471,7 @@ class AudioHookDialect:
         self._sent_samples += len(payload) // frame_bytes
         return True
 
-    def close(self, reason: str = "end", now_s: float = 0.0) -> None:
+    def close(self, reason: str, now_s: float) -> None:
         """Client: ``close`` with ``reason`` (end, error, disconnect, reconnect); ``closed``
         is awaited for ``close_timeout_s`` after ``now_s``."""
         self._require("client", "close")
