@@ -138,7 +138,7 @@ def test_our_signature_verifies() -> None:
 
 
 def test_authority_is_compared_in_lowercase_and_must_be_known() -> None:
-    headers = signed(authority="AudioHook.Example.com")
+    headers = signed(authority="AudioHook.Example.com:443")
     assert check(headers).reason is Reason.VERIFIED
     as_pairs = [*headers.items()]
     assert verify(

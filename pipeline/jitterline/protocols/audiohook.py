@@ -292,7 +292,9 @@ class AudioHookDialect:
         default_open = (
             DEFAULT_OPEN_TIMEOUT_S if role == "server" else DEFAULT_CLIENT_OPEN_TIMEOUT_S
         )
-        self._open_timeout_s = _seconds("open_timeout_s", open_timeout_s or default_open)
+        self._open_timeout_s = _seconds(
+            "open_timeout_s", default_open if open_timeout_s is None else open_timeout_s
+        )
         self._close_timeout_s = _seconds("close_timeout_s", close_timeout_s)
         self._ping_delay_s = _seconds("ping_delay_s", ping_delay_s)
         self._ping_interval_s = _seconds("ping_interval_s", ping_interval_s)

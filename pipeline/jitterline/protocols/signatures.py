@@ -243,7 +243,7 @@ def sign(
     lifetime_s: int = DEFAULT_LIFETIME_S,
 ) -> dict[str, str]:
     """The headers Genesys sends on an AudioHook upgrade, signed: for our client role."""
-    values = (path, authority.lower(), organization_id, session_id, correlation_id, api_key)
+    values = (path, _authority(authority), organization_id, session_id, correlation_id, api_key)
     headers = {
         "Audiohook-Organization-Id": organization_id,
         "Audiohook-Session-Id": session_id,
@@ -295,7 +295,7 @@ def verify(
         return Verdict(refusal)
     derived = {
         "@request-target": path,
-        "@authority": (authority or fields.get("host", "")).lower(),
+        "@authority": _authority(authority or fields.get("host", "")),
         "@method": method.upper(),
     }
     components: list[tuple[str, str]] = []
@@ -313,6 +313,16 @@ def verify(
     if secret is None:
         return Verdict(Reason.UNKNOWN_KEY)
     return Verdict(Reason.VERIFIED if matches else Reason.BAD_SIGNATURE)
+
+
+def _authority(host: str) -> str:
+    """RFC 9421 section 2.2.3: lowercase, without the default port (443 for ``wss``; 80 is
+    dropped too, since we cannot tell a ``ws`` upgrade behind a proxy)."""
+    lowered = host.strip().lower()
+    for default in (":443", ":80"):
+        if lowered.endswith(default):
+            return lowered[: -len(default)]
+    return lowered
 
 
 def _check_params(
