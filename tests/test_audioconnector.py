@@ -17,7 +17,7 @@ from jitterline.frames import (
     StreamOpened,
     StreamSignal,
 )
-from jitterline.protocols import Dialect
+from jitterline.protocols import Dialect, DialectFactory
 from jitterline.protocols.audioconnector import FRAME_BYTES, AudioConnectorDialect
 from test_audiohook import (
     CONVERSATION,
@@ -68,6 +68,8 @@ def connected() -> tuple[AudioConnectorDialect, AudioConnectorDialect]:
 
 
 def test_both_roles_satisfy_the_dialect_protocol() -> None:
+    factory: DialectFactory = AudioConnectorDialect  # mypy --strict checks the structural fit
+    assert isinstance(factory(role="server"), Dialect)
     assert isinstance(bot_server(), Dialect)
     assert isinstance(caller(), Dialect)
     assert bot_server().name == "audioconnector"

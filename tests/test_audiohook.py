@@ -26,7 +26,7 @@ from jitterline.frames import (
     StreamResumed,
     StreamSignal,
 )
-from jitterline.protocols import Dialect
+from jitterline.protocols import Dialect, DialectFactory
 from jitterline.protocols.audiohook import (
     NULL_UUID,
     AudioHookDialect,
@@ -170,9 +170,11 @@ def pump(source: AudioHookDialect, sink: AudioHookDialect, arrival_s: float) -> 
 
 
 def test_both_roles_satisfy_the_dialect_protocol() -> None:
-    assert isinstance(server(), Dialect)
+    factory: DialectFactory = AudioHookDialect  # mypy --strict checks the structural fit
+    assert isinstance(factory(role="server"), Dialect)
     assert isinstance(client(), Dialect)
     assert server().name == "audiohook"
+    assert (server().role, client().role) == ("server", "client")
 
 
 def test_options_are_checked_when_built() -> None:
@@ -506,6 +508,7 @@ def test_end_disconnects_completed_keeps_audio_flowing_until_close() -> None:
     genesys = Genesys()
     dialect = opened_server(genesys)
     dialect.end("shutdown", 5.0)
+    dialect.end("shutdown", 5.05)
     [disconnect] = sent(dialect)
     assert disconnect["parameters"] == {"reason": "completed", "info": "shutdown"}
     frames = dialect.receive(message(STEREO_SAMPLE, 5.1))

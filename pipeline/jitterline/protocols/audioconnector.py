@@ -52,7 +52,7 @@ class AudioConnectorDialect(AudioHookDialect):
     """One Audio Connector connection; options as ``AudioHookDialect`` plus
     ``frame_bytes`` (server role: the largest outbound audio message)."""
 
-    name: ClassVar[str] = "audioconnector"
+    name: str = "audioconnector"
     client_messages: ClassVar[Mapping[str, Parameters]] = {
         **CLIENT_MESSAGES,
         "open": (*CLIENT_MESSAGES["open"], Field("inputVariables", "object")),

@@ -17,7 +17,7 @@ the client sends ``error`` (a 4xx code) then ``close`` (reason ``error``) and wa
 non-fatal ``Malformed`` (kind ``after_error``), since a peer that broke the sequence once
 cannot be held to it, and a session already declared broken must still end cleanly.
 
-Legal transitions are tables (``transitions(role)``), built from the message types the
+Legal transitions are tables (``server_table``, ``client_table``), built from the message types the
 flavour knows, in h11's style; handlers only produce events and replies. Audio Connector
 (``audioconnector.py``) is this class with more message types and different defaults.
 """
@@ -245,7 +245,7 @@ class AudioHookDialect:
     (5 s; a ping still unanswered when the next is due is a violation), ``close_timeout_s``.
     """
 
-    name: ClassVar[str] = "audiohook"
+    name: str = "audiohook"
     client_messages: ClassVar[Mapping[str, Parameters]] = CLIENT_MESSAGES
     server_messages: ClassVar[Mapping[str, Parameters]] = SERVER_MESSAGES
     client_session_types: ClassVar[tuple[str, ...]] = CLIENT_SESSION_TYPES
@@ -580,7 +580,8 @@ class AudioHookDialect:
         if self.role == "client":
             channels = (self.server_audio_channel,)
         if not data:
-            return [Malformed("empty_audio", "binary message of 0 bytes", message.arrival_s)]
+            detail = "binary message of 0 bytes"
+            return [Malformed("empty_audio", detail, message.arrival_s, self.session_id)]
         frame_bytes = FORMATS[media_format] * len(channels)
         if len(data) % frame_bytes:
             raise _Violation(
@@ -914,10 +915,13 @@ class AudioHookDialect:
         self, reason: str, info: str, now_s: float, extra: Mapping[str, Any] | None = None
     ) -> None:
         """Server: ``disconnect`` and wait for ``close``. A ``completed`` disconnect of a
-        running session keeps it running (audio in flight still counts); any other ends it."""
-        if self._state not in ("opening", "open", "ending"):
-            return
+        running session keeps it running (audio in flight still counts); any other ends it.
+        A second ``completed`` while one is pending says nothing new and is not sent."""
         wire_reason = reason if reason in DISCONNECT_REASONS else "completed"
+        if self._state not in ("opening", "open", "ending") or (
+            self._state == "ending" and wire_reason == "completed"
+        ):
+            return
         parameters: dict[str, Any] = {"reason": wire_reason}
         if info:
             parameters["info"] = info
