@@ -4,7 +4,6 @@ repeatability, custom operators, and plugin sinks (registered, entry-point, rais
 from __future__ import annotations
 
 import itertools
-import functools
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -434,11 +433,8 @@ def test_twilio_both_tracks_get_a_buffer_each_and_are_never_mixed() -> None:
                 sid, n + 1, n * 20, payload, 3 + 2 * n, track=track
             )
             arrivals.append((round(at + offset, 6), text))
-    host = PluginHost()
-    both = functools.partial(twilio.TwilioDialect, tracks=twilio.TRACKS)
-    host.dialects.register("twilio-both", both)
-    config = replace(FIXED_60, dialect="twilio-both")
-    output = run(sorted(arrivals), end_s=2.0, config=config, host=host, role="server")
+    config = replace(FIXED_60, dialect="twilio")
+    output = run(sorted(arrivals), end_s=2.0, config=config, role="server")
 
     finals = {s.channel: s for _, s in output if isinstance(s, Stats)}
     assert set(finals) == {"inbound", "outbound"}

@@ -13,6 +13,8 @@ import time
 from ..registry import Registry
 from . import DialectFactory
 from .appfoundry import AppFoundryDialect
+from .audioconnector import AudioConnectorDialect
+from .audiohook import AudioHookDialect
 from .twilio import TwilioDialect
 
 __all__ = ["builtin_dialects"]
@@ -22,5 +24,7 @@ def builtin_dialects() -> Registry[DialectFactory]:
     """``registry.get(name)(role="client" | "server", **options)`` -> a new protocol object."""
     registry: Registry[DialectFactory] = Registry("dialect")
     registry.register("appfoundry", functools.partial(AppFoundryDialect, wall_clock=time.time))
+    registry.register("audiohook", AudioHookDialect)
+    registry.register("audioconnector", AudioConnectorDialect)
     registry.register("twilio", TwilioDialect)
     return registry

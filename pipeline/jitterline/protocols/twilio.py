@@ -113,9 +113,10 @@ _WORDING = _jsontext.Wording(
 class TwilioDialect:
     """One Media Stream connection's protocol object, in either role.
 
-    ``server``: Twilio connected to us. ``tracks`` selects whose audio becomes frames:
-    ``("inbound",)`` (the caller, the default) or both tracks of a
-    ``<Start><Stream track="both_tracks">``. ``send_media``, ``send_mark`` and
+    ``server``: Twilio connected to us. ``tracks`` selects whose audio becomes frames;
+    by default every track ``start`` announces (both of a ``<Start><Stream
+    track="both_tracks">``), each its own channel and so its own jitter buffer;
+    ``("inbound",)`` keeps only the caller. ``send_media``, ``send_mark`` and
     ``send_clear`` talk back on a bidirectional (``<Connect><Stream>``) stream.
 
     ``client``: we play Twilio. ``connection_made`` queues ``connected`` and ``start``
@@ -131,7 +132,7 @@ class TwilioDialect:
         self,
         *,
         role: Role,
-        tracks: Iterable[str] = ("inbound",),
+        tracks: Iterable[str] | None = None,
         stream_sid: str = "",
         call_sid: str = "",
         account_sid: str = "",
@@ -139,6 +140,8 @@ class TwilioDialect:
         max_message_chars: int = MAX_MESSAGE_CHARS,
     ) -> None:
         self.role: Role = _jsontext.check_role(role, self.name)
+        if tracks is None:
+            tracks = TRACKS if self.role == "server" else ("inbound",)
         self.tracks = _check_tracks(tracks)
         self.max_message_chars = _jsontext.check_max_message_chars(
             max_message_chars, MAX_MESSAGE_CHARS
