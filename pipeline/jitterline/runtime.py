@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from reactivex import abc
@@ -39,7 +39,15 @@ from reactivex.subject import Subject
 from .capture import CaptureWriter
 from .config import PipelineConfig
 from .diagnosis import Diagnosis, diagnose
-from .frames import AudioFrame, ConnectionEvent, ConnectionStats, Message, Stats, StreamInfo
+from .frames import (
+    AudioFrame,
+    ConnectionEvent,
+    ConnectionStats,
+    Message,
+    Stats,
+    StreamInfo,
+    StreamOpened,
+)
 from .plugins import PluginHost
 from .protocols import Dialect
 from .stages import Pipeline, build_pipeline, receive
@@ -194,7 +202,13 @@ class Finished:
 
 
 class Connection:
-    """One WebSocket's protocol object and pipeline on the runtime's loop."""
+    """One WebSocket's protocol object and pipeline on the runtime's loop.
+
+    ``info`` names the connection (ids learned from ``StreamOpened``, channel empty);
+    ``opened`` is that event itself (media, custom parameters, ``probe``), None until it
+    came; ``finished`` holds the final snapshots once ``finish`` ran or the pipeline
+    completed on its own.
+    """
 
     def __init__(
         self,
@@ -219,6 +233,7 @@ class Connection:
         self._timer = SerialDisposable()
         self._timer_due: float | None = None
         self._closing = False
+        self.opened: StreamOpened | None = None
         self.finished: Finished | None = None
         self.pipeline: Pipeline = build_pipeline(
             self._subject,
@@ -246,6 +261,15 @@ class Connection:
             stream=self.info,
         )
         for event in receive(self.proto, message):
+            if isinstance(event, StreamOpened):
+                self.opened = event
+                self.info = replace(
+                    self.info,
+                    stream_id=event.stream_id,
+                    session_id=event.stream_id,
+                    call_id=event.call_id,
+                    participant_id=event.participant_id,
+                )
             self._subject.on_next(event)
         self.flush()
 
