@@ -94,7 +94,7 @@ class Runtime:
         host: PluginHost,
         *,
         ioloop: IOLoop | None = None,
-        clock: Callable[[], float] | None = None,
+        clock: RunClock | None = None,
     ) -> None:
         self.host = host
         self.ioloop = ioloop or IOLoop.shared()
