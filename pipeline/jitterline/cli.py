@@ -1,4 +1,4 @@
-"""The ``jitterline`` command: demo, run, replay, plugins.
+"""The ``jitterline`` command: demo, run, serve, replay, plugins.
 
 Exit codes are an interface: 0 done, 1 the stream failed for another reason (TLS, a fatal
 close code), 2 usage error (bad option, unreadable capture), 3 authentication failed, 4 gave
@@ -29,6 +29,7 @@ from .emulator import PROFILES, Emulator
 from .errors import AuthError, ConfigError, ConnectionLost, JitterlineError
 from .live import RunResult, SessionOptions, replay, run_live
 from .plugins import DISABLE_ENV, PluginHost
+from .server.command import SERVE_EXAMPLES, add_serve_options, serve
 from .status import make_status
 from .summary import render, summarize
 from .transport import BackoffPolicy, TokenProvider, redact_url
@@ -115,6 +116,11 @@ def _run(args: argparse.Namespace, host: PluginHost) -> int:
     source = {"command": "run", "url": redact_url(args.url), "dialect": args.dialect}
     result = _live(args, host, options, config, source)
     return _report(args, result, source)
+
+
+def _serve(args: argparse.Namespace, host: PluginHost) -> int:
+    _configure_plugins(args, host)
+    return serve(args, host, _config(args, dialect=args.dialect))
 
 
 def _replay(args: argparse.Namespace, host: PluginHost) -> int:
@@ -385,6 +391,19 @@ def _parser(host: PluginHost) -> argparse.ArgumentParser:
     _live_options(run)
     _common(run, host)
     run.set_defaults(handler=_run)
+
+    srv = commands.add_parser(
+        "serve",
+        help="receive Genesys AudioHook / Audio Connector or Twilio Media Streams",
+        description="Listen for inbound sessions, one pipeline per session and channel;\n"
+        "a summary per channel as each session ends (log, and --json FILE as JSON\n"
+        "Lines, - for stdout); SIGTERM or Ctrl-C drains gracefully (exit 0).",
+        epilog=SERVE_EXAMPLES,
+        formatter_class=_FORMATTER,
+    )
+    add_serve_options(srv)
+    _common(srv, host)
+    srv.set_defaults(handler=_serve, log_level="info")
 
     rep = commands.add_parser(
         "replay",

@@ -1,0 +1,157 @@
+"""``jitterline serve``: options to a running server, then a graceful drain on a signal.
+
+The main thread only waits: the server, every session and the status run on the
+runtime's loop. SIGTERM (what an orchestrator sends) and SIGINT (Ctrl-C) both start the
+drain, after which the command exits 0: a drained server did its job. A second Ctrl-C
+during the drain interrupts it (exit 130).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+from ..config import PipelineConfig
+from ..errors import ConfigError
+from ..plugins import PluginHost
+from ..runtime import Runtime
+from ..serve_status import ServeStatus
+from .config import API_KEYS_ENV, SERVE_DIALECTS, TWILIO_TOKEN_ENV, ServeOptions, load_credentials
+from .report import SummaryWriter
+from .shell import InboundServer
+
+__all__ = ["SERVE_EXAMPLES", "add_serve_options", "serve"]
+
+log = logging.getLogger(__name__)
+
+_START_TIMEOUT_S = 10.0
+_WAIT_SLICE_S = 0.25
+_DRAIN_MARGIN_S = 5.0
+
+SERVE_EXAMPLES = f"""credentials come only from the environment or a file:
+  {API_KEYS_ENV}=KEY or KEY:BASE64SECRET (comma-separated), or --api-keys-file FILE
+  {TWILIO_TOKEN_ENV}=<auth token>  (checks X-Twilio-Signature)
+examples:
+  jitterline serve --dialect audiohook --port 8080 --json sessions.jsonl
+  jitterline serve --dialect twilio --port 8080 --path /twilio \\
+      --public-url wss://voice.example.com --host 0.0.0.0
+  curl -i http://127.0.0.1:8080/health      # 200, 503 while draining
+"""
+
+
+def add_serve_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``serve`` itself; the CLI adds the pipeline's and the plugins'."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, metavar="N", help="port (8080)")
+    parser.add_argument("--dialect", default="audiohook", choices=list(SERVE_DIALECTS))
+    parser.add_argument(
+        "--path", default="/", metavar="P", help="WebSocket path prefix sessions use (/)"
+    )
+    parser.add_argument(
+        "--max-sessions", type=int, default=500, metavar="N", help="refuse more (503) (500)"
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="on SIGTERM / Ctrl-C, wait this long for sessions to close (30)",
+    )
+    parser.add_argument(
+        "--api-keys-file", metavar="FILE", help=f"AudioHook API keys (else {API_KEYS_ENV})"
+    )
+    parser.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="wss://host[:port] the peer dials, behind a TLS-terminating proxy "
+        "(default: X-Forwarded-Proto/Host, else Host)",
+    )
+    parser.add_argument("--certfile", metavar="FILE", help="serve TLS with this certificate")
+    parser.add_argument("--keyfile", metavar="FILE", help="the certificate's private key")
+    parser.add_argument("--quiet", action="store_true", help="no live status on stderr")
+    parser.add_argument(
+        "--status-every", type=float, default=5.0, metavar="S", help="status period (5)"
+    )
+    parser.add_argument(
+        "--status-sessions", action="store_true", help="a status line per running session"
+    )
+
+
+def serve(args: argparse.Namespace, host: PluginHost, config: PipelineConfig) -> int:
+    """Run until SIGTERM or Ctrl-C, drain, return the exit code (0)."""
+    options = ServeOptions(
+        host=args.host,
+        port=args.port,
+        dialect=args.dialect,
+        path=args.path,
+        max_sessions=args.max_sessions,
+        drain_timeout_s=args.drain_timeout,
+        credentials=load_credentials(api_keys_file=args.api_keys_file),
+        public_url=args.public_url,
+        certfile=args.certfile,
+        keyfile=args.keyfile,
+    )
+    options.check_exposure()
+    runtime = Runtime(host)
+    run = {"command": "serve", "dialect": options.dialect, "path": options.path}
+    server = InboundServer(runtime, options, config, writer=SummaryWriter(args.json), run=run)
+    try:
+        port = runtime.ioloop.run(server.start()).result(_START_TIMEOUT_S)
+    except OSError as exc:
+        server.writer.close()
+        raise ConfigError(
+            f"cannot listen on {options.host}:{options.port} ({exc.strerror}); "
+            "pick another --port or --host"
+        ) from None
+    scheme = "wss" if options.certfile else "ws"
+    print(
+        f"jitterline serve: listening on {scheme}://{options.host}:{port}{options.path}",
+        file=sys.stderr,
+        flush=True,
+    )
+    status = None
+    if not args.quiet:
+        status = ServeStatus(
+            server,
+            sys.stderr,
+            every_s=args.status_every,
+            every_session=args.status_sessions,
+        )
+        runtime.call(status.start)
+    with _stop_on_sigterm() as stop:
+        _wait(stop)
+    print("jitterline serve: draining", file=sys.stderr, flush=True)
+    runtime.ioloop.run(server.drain()).result(options.drain_timeout_s + _DRAIN_MARGIN_S)
+    if status is not None:
+        runtime.ioloop.run(status.stop()).result(_START_TIMEOUT_S)
+    return 0
+
+
+@contextmanager
+def _stop_on_sigterm() -> Iterator[threading.Event]:
+    """An event SIGTERM sets; the previous handler comes back afterwards."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _wait(stop: threading.Event) -> None:
+    """Until SIGTERM or Ctrl-C; in slices, so SIGINT's KeyboardInterrupt is seen."""
+    try:
+        while not stop.wait(_WAIT_SLICE_S):
+            pass
+    except KeyboardInterrupt:
+        log.info("interrupted")

@@ -1,0 +1,97 @@
+"""A served session's end: one summary per channel, to the log and to ``--json FILE``.
+
+Each summary is the demo's JSON document (``summary.summarize``) plus a ``stream`` object
+naming the session, the call and the channel, so that one JSON Lines file of a busy server
+can be grouped by call. Lines, not an array: a server never "ends" the file, and a reader
+(``jq``, a log shipper) can follow it while sessions keep ending.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..diagnosis import Diagnosis
+from ..errors import ConfigError
+from ..frames import Stats
+from ..summary import summarize
+
+__all__ = ["SessionIdentity", "SummaryWriter", "session_summary"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionIdentity:
+    """Who a served session was: ``session_id`` (AudioHook session, Twilio ``streamSid``),
+    ``call_id`` (``conversationId`` / ``callSid``), ``participant_id`` (AudioHook)."""
+
+    session_id: str
+    dialect: str
+    call_id: str = ""
+    participant_id: str = ""
+    probe: bool = False
+
+
+def session_summary(
+    stats: Stats,
+    diagnosis: Diagnosis,
+    identity: SessionIdentity,
+    *,
+    run: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``summarize`` of one channel's final snapshot, with the ``stream`` object added."""
+    document = summarize(stats, diagnosis, run=run)
+    document["stream"] = {
+        "session_id": identity.session_id,
+        "call_id": identity.call_id,
+        "participant_id": identity.participant_id,
+        "channel": stats.channel,
+        "dialect": identity.dialect,
+        "probe": identity.probe,
+    }
+    return document
+
+
+class SummaryWriter:
+    """Appends one compact JSON line per summary to a file (``-``: stdout), flushed per
+    line so a follower sees each session as it ends; every line also goes to the log."""
+
+    def __init__(self, target: str | None) -> None:
+        self._lock = threading.Lock()
+        self._owned = False
+        self._stream: TextIO | None = None
+        if target == "-":
+            self._stream = sys.stdout
+        elif target is not None:
+            try:
+                self._stream = Path(target).open("a", encoding="utf-8")  # noqa: SIM115
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot open {target!r} for the session summaries ({exc.strerror}); "
+                    "pick a writable path, or - for stdout"
+                ) from None
+            self._owned = True
+        self.lines = 0
+
+    def write(self, summary: Mapping[str, Any]) -> None:
+        line = json.dumps(summary, allow_nan=False, separators=(",", ":"))
+        log.info("session summary %s", line)
+        if self._stream is None:
+            return
+        with self._lock:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+            self.lines += 1
+
+    def close(self) -> None:
+        with self._lock:
+            if self._owned and self._stream is not None:
+                self._stream.close()
+            self._stream = None

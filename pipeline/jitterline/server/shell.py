@@ -1,0 +1,328 @@
+"""The inbound WebSocket shell: ``websockets``' asyncio server on the runtime's loop.
+
+Bytes only move here. Each accepted WebSocket gets a protocol object in the server role
+and a ``runtime.Connection`` (its pipeline, one chain per channel); every message is fed to
+``Connection.receive`` with its arrival time, and whatever the protocol answers is put on
+the session's outgoing queue, which one writer task per session drains: ``send`` and
+``close`` are synchronous callbacks on the loop and ``websockets``' ``send`` is a
+coroutine, so the callbacks only queue and never block the loop.
+
+The upgrade is decided by ``Gate`` (``process_request``: health, path, draining,
+credentials; ``process_response``: capacity, counted only once the upgrade is known to
+succeed, in the same loop step that sends the 101, so two racing upgrades cannot both take
+the last slot).
+
+Draining (SIGTERM, Ctrl-C): the listener stays open so that health checks see 503 and new
+upgrades get 503; every session is ended the protocol's way (``Connection.end``: AudioHook
+``disconnect`` then ``close`` / ``closed``; Twilio: the socket closes); sessions still
+running after ``drain_timeout_s`` are closed with 1001. Every session's summaries are
+written as it ends, whichever way it ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import logging
+import ssl
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from ..config import PipelineConfig
+from ..frames import AudioFrame, FrameCounts, Message, Stats
+from ..protocols import Dialect
+from ..runtime import Connection, Finished, Runtime
+from .config import GENESYS_DIALECTS, ServeOptions
+from .gate import Decision, Gate
+from .report import SessionIdentity, SummaryWriter, session_summary
+
+__all__ = ["InboundServer", "ServedSession", "Totals"]
+
+log = logging.getLogger(__name__)
+
+_CLOSE = None
+"""Put on a session's outgoing queue: close the WebSocket after what came before."""
+_FORCED_CLOSE_S = 2.0
+"""How long a session still running after the drain timeout gets for a 1001 close."""
+
+
+@dataclass(slots=True)
+class Totals:
+    """Counters since the server started; frames are the completed sessions' sums."""
+
+    completed: int = 0
+    probes: int = 0
+    failed: int = 0
+    refused: Counter[str] = field(default_factory=Counter)
+    frames: FrameCounts = field(default_factory=FrameCounts)
+
+    def add_frames(self, counts: FrameCounts) -> None:
+        self.frames = FrameCounts(
+            **{
+                name: getattr(self.frames, name) + getattr(counts, name)
+                for name in FrameCounts.__dataclass_fields__
+            }
+        )
+
+
+class ServedSession:
+    """One accepted WebSocket: its connection on the runtime and the newest snapshot of
+    each channel (what the live status shows)."""
+
+    def __init__(self, number: int, dialect: str, started_s: float) -> None:
+        self.number = number
+        self.dialect = dialect
+        self.started_s = started_s
+        self.latest: dict[str, Stats] = {}
+        self.connection: Connection | None = None
+
+    def item(self, item: AudioFrame | Stats) -> None:
+        if isinstance(item, Stats):
+            self.latest[item.channel] = item
+
+    @property
+    def identity(self) -> SessionIdentity:
+        assert self.connection is not None
+        info, opened = self.connection.info, self.connection.opened
+        return SessionIdentity(
+            session_id=info.session_id or info.stream_id,
+            dialect=self.dialect,
+            call_id=info.call_id,
+            participant_id=info.participant_id,
+            probe=opened is not None and opened.probe,
+        )
+
+    @property
+    def opened(self) -> bool:
+        return self.connection is not None and self.connection.opened is not None
+
+
+class InboundServer:
+    """Serves one dialect on ``options.host:options.port`` until drained.
+
+    Coroutines run on ``runtime.ioloop.loop``; ``port`` is the bound port once ``start``
+    returned. ``writer`` receives each ended session's summaries; ``run`` is their
+    ``run`` object.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        options: ServeOptions,
+        config: PipelineConfig,
+        *,
+        writer: SummaryWriter | None = None,
+        run: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.options = options
+        self.config = config
+        self.writer = writer or SummaryWriter(None)
+        self.run = dict(run or {"command": "serve", "dialect": options.dialect})
+        self.totals = Totals()
+        self.sessions: dict[int, ServedSession] = {}
+        self.draining = False
+        self.port = 0
+        self._gate = Gate(options)
+        self._factory = runtime.host.dialects.get(options.dialect)
+        self._admitted: set[ServerConnection] = set()
+        self._numbers = 0
+        self._server: Server | None = None
+        self._idle = asyncio.Event()
+        self._secure = options.certfile is not None
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> int:
+        """Listen; returns the bound port."""
+        self._server = await serve(
+            self._session,
+            self.options.host,
+            self.options.port,
+            process_request=self._process_request,
+            process_response=self._process_response,
+            server_header=None,
+            compression=None,
+            open_timeout=self.options.handshake_timeout_s,
+            close_timeout=self.options.close_timeout_s,
+            max_size=self.options.max_message_bytes,
+            ssl=self._ssl_context(),
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info(
+            "serving %s on %s:%d%s", self.options.dialect, self.options.host, self.port,
+            self.options.path,
+        )  # fmt: skip
+        return self.port
+
+    async def drain(self) -> None:
+        """Stop taking sessions, end every running one the protocol's way, wait for them
+        up to ``drain_timeout_s``, close the stragglers, then stop listening."""
+        self.draining = True
+        log.info("draining %d session(s)", len(self.sessions))
+        for session in list(self.sessions.values()):
+            if session.connection is not None:
+                session.connection.end("completed")
+        self._idle.clear()
+        if self.sessions:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), self.options.drain_timeout_s)
+        if self.sessions:
+            log.warning(
+                "%d session(s) still running after the %.0f s drain timeout; closing them",
+                len(self.sessions),
+                self.options.drain_timeout_s,
+            )
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop listening and close what is left with 1001 (going away)."""
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), _FORCED_CLOSE_S)
+        self.writer.close()
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if self.options.certfile is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.options.certfile, self.options.keyfile)
+        return context
+
+    # -- the upgrade ----------------------------------------------------------------------
+
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        decision = self._gate.check(
+            target=request.path,
+            headers=request.headers.raw_items(),
+            secure=self._secure,
+            draining=self.draining,
+            now_wall_s=time.time(),
+        )
+        if decision.accepted:
+            return None
+        if decision.delay_s > 0:
+            await asyncio.sleep(decision.delay_s)
+        return self._respond(connection, decision)
+
+    def _process_response(
+        self, connection: ServerConnection, request: Request, response: Response
+    ) -> Response | None:
+        if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
+            return None
+        self._admitted = {c for c in self._admitted if c.state is not State.CLOSED}
+        decision = self._gate.capacity(len(self._admitted))
+        if not decision.accepted:
+            return self._respond(connection, decision)
+        self._admitted.add(connection)
+        return None
+
+    def _respond(self, connection: ServerConnection, decision: Decision) -> Response:
+        if decision.status >= 400 and decision.reason not in ("not_found",):
+            self.totals.refused[decision.reason] += 1
+            log.info("upgrade refused (%d %s)", decision.status, decision.reason)
+        response = connection.respond(decision.status, decision.body)
+        for name, value in decision.headers:
+            response.headers[name] = value
+        return response
+
+    # -- one session ----------------------------------------------------------------------
+
+    async def _session(self, ws: ServerConnection) -> None:
+        clock = self.runtime.clock
+        self._numbers += 1
+        session = ServedSession(self._numbers, self.options.dialect, clock())
+        outgoing: asyncio.Queue[str | bytes | None] = asyncio.Queue()
+        proto = self._protocol(ws.request.headers.raw_items() if ws.request else ())
+        connection = self.runtime.connect(
+            proto,
+            self.config,
+            send=outgoing.put_nowait,
+            close=lambda: outgoing.put_nowait(_CLOSE),
+            stream_id=getattr(proto, "session_id", "") or f"session-{session.number}",
+            on_item=session.item,
+        )
+        session.connection = connection
+        self.sessions[session.number] = session
+        writer = asyncio.get_running_loop().create_task(_write(ws, outgoing))
+        try:
+            proto.connection_made(clock())
+            connection.flush()
+            if self.draining:
+                connection.end("completed")
+            async for data in ws:
+                connection.receive(Message(data, clock(), time.time()))
+        except ConnectionClosed:
+            pass
+        except Exception:  # a bug in a stage or plugin: this session only
+            log.exception("session %s failed; closing it", connection.info.stream_id)
+            await ws.close(1011, "internal error")
+        finally:
+            await _stop(writer)
+            connection.connection_lost()
+            self._ended(session, connection.finish())
+            self._admitted.discard(ws)
+            del self.sessions[session.number]
+            if not self.sessions:
+                self._idle.set()
+
+    def _protocol(self, headers: Iterable[tuple[str, str]]) -> Dialect:
+        """A server-role protocol object; AudioHook's takes the upgrade's session and
+        organization ids, which its messages must then match."""
+        if self.options.dialect not in GENESYS_DIALECTS:
+            return self._factory(role="server")
+        fields = {name.lower(): value.strip() for name, value in headers}
+        return self._factory(
+            role="server",
+            session_id=fields.get("audiohook-session-id") or None,
+            organization_id=fields.get("audiohook-organization-id") or None,
+            open_timeout_s=self.options.open_timeout_s,
+            close_timeout_s=self.options.close_timeout_s,
+        )
+
+    def _ended(self, session: ServedSession, finished: Finished) -> None:
+        identity = session.identity
+        if not session.opened:
+            self.totals.failed += 1
+            log.info("session %s ended before it opened", identity.session_id)
+            return
+        if identity.probe:
+            self.totals.probes += 1
+            log.info("connection probe %s answered", identity.session_id)
+            return
+        self.totals.completed += 1
+        for stats, diagnosis in finished.finals:
+            self.totals.add_frames(stats.frames)
+            self.writer.write(session_summary(stats, diagnosis, identity, run=self.run))
+
+
+async def _write(ws: ServerConnection, outgoing: asyncio.Queue[str | bytes | None]) -> None:
+    """Send the session's queued messages in order; close after ``_CLOSE``."""
+    try:
+        while True:
+            data = await outgoing.get()
+            if data is _CLOSE:
+                await ws.close()
+                return
+            await ws.send(data)
+    except ConnectionClosed:
+        return
+
+
+async def _stop(writer: asyncio.Task[None]) -> None:
+    if not writer.done():
+        writer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await writer
