@@ -1,0 +1,200 @@
+"""``InboundServer`` with AudioHook on loopback: whole sessions, stereo, the probe, and the
+credentials refused at the upgrade (docs/serve.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+from serve_testkit import (
+    CONVERSATION,
+    PARTICIPANT,
+    WAIT_S,
+    Genesys,
+    Served,
+    Wire,
+    serving,
+    signed_headers,
+    whole_session,
+)
+from websockets.exceptions import InvalidStatus
+
+from jitterline import AudioFrame, StreamInfo, hookimpl
+from jitterline.protocols.signatures import parse_api_keys
+from jitterline.server import Credentials
+
+API_KEY = "jitterline-test-key"
+SECRET = b"a client secret of 32 bytes!!!!!"
+KEYS = parse_api_keys(f"{API_KEY}:{base64.b64encode(SECRET).decode()},unsigned-key")
+
+
+def by_session(session_id: str) -> Any:
+    return lambda doc: doc["stream"]["session_id"] == session_id
+
+
+def test_whole_session_counts_every_frame_per_channel(tmp_path: Path) -> None:
+    async def session(url: str) -> tuple[str, list[str]]:
+        wire = await Wire.connect(url)
+        answers = [(await wire.open())["type"]]
+        for _ in range(5):
+            await wire.ws.send(bytes(3200))  # 200 ms of stereo PCMU
+        await wire.send("ping", {"rtt": "PT0.01S"})
+        pong = await wire.until("pong")
+        assert pong["clientseq"] == wire.seq
+        answers.append(pong["type"])
+        await wire.send("paused")
+        await wire.send("resumed", {"start": "PT1S", "discarded": "PT0S"})
+        for _ in range(3):
+            await wire.ws.send(bytes(3200))
+        await wire.send("update", {"language": "fr-FR"})
+        answers.append((await wire.until("updated"))["type"])
+        await wire.send("close", {"reason": "end"})
+        answers.append((await wire.until("closed"))["type"])
+        await asyncio.wait_for(wire.ws.wait_closed(), WAIT_S)
+        return wire.session_id, answers
+
+    with serving(tmp_path) as served:
+        session_id, answers = asyncio.run(session(served.url))
+        summaries = served.summaries(by_session(session_id), 2)
+        totals = served.totals()
+
+    assert answers == ["opened", "pong", "updated", "closed"]
+    assert sorted(doc["stream"]["channel"] for doc in summaries) == ["external", "internal"]
+    for doc in summaries:
+        assert doc["frames"]["received"] == 8
+        assert doc["frames"]["malformed"] == 0
+        assert doc["frames"]["balanced"] is True
+        assert doc["stream"]["call_id"] == CONVERSATION
+        assert doc["stream"]["participant_id"] == PARTICIPANT
+        assert doc["stream"]["dialect"] == "audiohook"
+        assert doc["stream"]["probe"] is False
+    assert (totals.completed, totals.failed, totals.probes) == (1, 0, 0)
+
+
+class Played:
+    """Collects the frames each channel played."""
+
+    def __init__(self) -> None:
+        self.frames: dict[tuple[str, str], list[AudioFrame]] = defaultdict(list)
+
+    @hookimpl
+    def jitterline_frame_played(self, frame: AudioFrame, stream: StreamInfo) -> None:
+        if not frame.concealed:
+            self.frames[stream.key].append(frame)
+
+
+def test_stereo_audio_is_split_into_two_channels_with_the_samples_sent(tmp_path: Path) -> None:
+    played = Played()
+
+    async def session(served: Served) -> tuple[str, list[bytes]]:
+        client = await Genesys.connect(served.url)
+        await client.open()
+        sent = await client.audio(3)
+        key = (client.session_id, "internal")
+        deadline = time.monotonic() + WAIT_S
+        while sum(len(f.payload) for f in played.frames[key]) < 3 * 1600:
+            assert time.monotonic() < deadline, "the audio was not played"
+            await asyncio.sleep(0.02)
+        await client.close()
+        return client.session_id, sent
+
+    with serving(tmp_path, plugins=(played,)) as served:
+        session_id, sent = asyncio.run(session(served))
+        served.summaries(by_session(session_id), 2)
+
+    wire = b"".join(sent)
+    for index, channel in enumerate(("external", "internal")):
+        received = b"".join(f.payload for f in played.frames[(session_id, channel)])
+        assert received == wire[index::2]
+        assert len(received) == 3 * 1600
+
+
+def test_the_probe_is_answered_and_not_counted_as_a_call(tmp_path: Path) -> None:
+    async def probe(url: str) -> dict[str, Any]:
+        client = await Genesys.connect(url, probe=True)
+        opened = await client.open()
+        await client.close()
+        return opened
+
+    with serving(tmp_path) as served:
+        opened = asyncio.run(probe(served.url))
+        session_id = asyncio.run(whole_session(served.url, messages=2))
+        served.summaries(by_session(session_id), 2)
+        totals = served.totals()
+        lines = served.summaries(lambda doc: True, 0)
+
+    assert opened["parameters"]["media"]
+    assert (totals.probes, totals.completed) == (1, 1)
+    assert all(not doc["stream"]["probe"] for doc in lines)
+    assert len(lines) == 2  # the call's two channels; nothing for the probe
+
+
+def test_signed_session_is_accepted(tmp_path: Path) -> None:
+    async def signed(url: str) -> str:
+        headers = signed_headers(url, SESSION_ID, api_key=API_KEY, secret=SECRET)
+        client = await Genesys.connect(url, session_id=SESSION_ID, headers=headers)
+        await client.open()
+        await client.audio(2)
+        await client.close()
+        return client.session_id
+
+    with serving(tmp_path, credentials=Credentials(api_keys=KEYS), path="/hook") as served:
+        session_id = asyncio.run(signed(served.url + "/connector-1"))
+        summaries = served.summaries(by_session(session_id), 2)
+    assert all(doc["frames"]["received"] == 2 for doc in summaries)
+
+
+SESSION_ID = "5a7b3c1d-0e2f-4a6b-8c9d-1e2f3a4b5c6d"
+
+
+@pytest.mark.parametrize(
+    ("case", "api_key", "secret", "age_s", "unsigned"),
+    [
+        ("unknown API key", "not-a-key", SECRET, 0, False),
+        ("bad signature", API_KEY, b"another secret, not the real one", 0, False),
+        ("stale signature", API_KEY, SECRET, 60, False),
+        ("unsigned, key needs a signature", API_KEY, SECRET, 0, True),
+    ],
+)
+def test_bad_credentials_get_401_after_half_a_second(
+    tmp_path: Path, case: str, api_key: str, secret: bytes, age_s: int, unsigned: bool
+) -> None:
+    async def attempt(url: str) -> tuple[int, float]:
+        headers = signed_headers(
+            url,
+            SESSION_ID,
+            api_key=api_key,
+            secret=secret,
+            created_wall_s=int(time.time()) - age_s,
+        )
+        if unsigned:
+            headers = {"X-API-KEY": api_key}
+        started = time.monotonic()
+        with pytest.raises(InvalidStatus) as refused:
+            await Genesys.connect(url, session_id=SESSION_ID, headers=headers)
+        return refused.value.response.status_code, time.monotonic() - started
+
+    with serving(tmp_path, credentials=Credentials(api_keys=KEYS)) as served:
+        status, waited_s = asyncio.run(attempt(served.url))
+        totals = served.totals()
+        active = served.active()
+    assert status == 401, case
+    assert waited_s >= 0.5  # the documented refusal delay, a lower bound
+    assert sum(totals.refused.values()) == 1
+    assert active == 0
+
+
+def test_a_key_without_secret_accepts_unsigned_sessions(tmp_path: Path) -> None:
+    async def unsigned(url: str) -> None:
+        client = await Genesys.connect(url, headers={"X-API-KEY": "unsigned-key"})
+        await client.open()
+        await client.close()
+
+    with serving(tmp_path, credentials=Credentials(api_keys=KEYS)) as served:
+        asyncio.run(unsigned(served.url))
+        assert served.totals().refused == {}
