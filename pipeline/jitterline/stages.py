@@ -325,7 +325,13 @@ def _decoded(frame: AudioFrame, codecs: Registry[Codec], stream_id: str) -> Audi
             f"frame {frame.seq} lasts duration_ms={frame.duration_ms}; it must be > 0"
         )
     samples = codecs.get(frame.codec).decode(frame.payload)
-    return replace(frame, samples=samples, stream_id=frame.stream_id or stream_id)
+    if frame.samples is not None or not frame.stream_id:
+        return replace(frame, samples=samples, stream_id=frame.stream_id or stream_id)
+    # The frame is fresh from its protocol object and nobody holds it yet: fill in its
+    # samples where it stands instead of building it twice (``replace`` costs ~5 us,
+    # paid per frame and per stream).
+    object.__setattr__(frame, "samples", samples)
+    return frame
 
 
 # -- per channel ----------------------------------------------------------------------------
