@@ -74,10 +74,11 @@ into lateness. Five times that rate tracks any such drift, yet after a route cha
 the whole time the adjuster needs to learn the new level.
 """
 
-REFERENCE_JUMP_MS = 10_000.0
-"""A transit this far below the reference is a media-clock jump, not a faster route: the
-reference re-bases on it instead of following it (following would count every later frame
-as arriving seconds early)."""
+REFERENCE_JUMP_MS = 1_000.0
+"""A transit this far below the reference in one frame is a media-clock jump, not a faster
+route (routes change by tens of ms; held frames after an outage come 20 ms apart in media
+time): the reference re-bases on it instead of following it, since following would count
+every later frame as a second early."""
 
 
 class DelayReference:
