@@ -556,7 +556,8 @@ class _Buffer(_Stage):
     def on_next(self, item: Any) -> None:
         if isinstance(item, AudioFrame):
             self._emit_all(self.buffer.push(item))
-            self.emit(Arrival(item, self.buffer.last_outcome))
+            buffer = self.buffer
+            self.emit(Arrival(item, buffer.last_outcome, buffer.last_reanchored))
             self._schedule()
             return
         if isinstance(item, SnapshotRequest):
@@ -568,13 +569,13 @@ class _Buffer(_Stage):
             self._ended = True
             self._emit_all(self.buffer.end(item.arrival_s))
         elif isinstance(item, StreamPaused):
-            self.buffer.pause(item.arrival_s)
+            self._emit_all(self.buffer.pause(item.arrival_s))
         elif isinstance(item, StreamResumed):
-            self.buffer.resume(item.arrival_s)
+            self._emit_all(self.buffer.resume(item.arrival_s))
         elif isinstance(item, ConnectionEvent) and item.kind == "connected":
             self._connections += 1
-            if self._connections > 1:
-                self.buffer.discontinuity(item.at_s)
+            if self._connections > 1:  # a reconnect: the sender may resume or skip
+                self._emit_all(self.buffer.discontinuity(item.at_s))
         self._schedule()
         self.emit(item)
 
@@ -632,8 +633,7 @@ def latency_window(config: PipelineConfig) -> Operator[Any, Any]:
 
         def on_next(item: Any) -> None:
             if isinstance(item, Arrival):
-                measure = window.observe(item.frame)
-                stage.emit(replace(measure, outcome=item.outcome))
+                stage.emit(window.observe(item.frame, item.outcome, rebase=item.reanchored))
                 return
             if isinstance(item, SnapshotRequest):
                 now = item.stats.at_s
