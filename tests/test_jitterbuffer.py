@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jitterline.errors import ConfigError
-from jitterline.frames import AudioFrame, FrameCounts
+from jitterline.frames import AudioFrame, BufferStats, FrameCounts
 from jitterline.jitterbuffer import JitterBuffer
 
 FRAME_MS = 20.0
@@ -27,6 +27,7 @@ def make_frame(
     payload: bytes | None = None,
     with_samples: bool = False,
     stream_id: str = "call-1",
+    media_ms: float | None = None,
 ) -> AudioFrame:
     samples = None
     if with_samples:
@@ -35,7 +36,7 @@ def make_frame(
     return AudioFrame(
         stream_id=stream_id,
         seq=seq,
-        media_ms=seq * FRAME_MS,
+        media_ms=seq * FRAME_MS if media_ms is None else media_ms,
         codec=codec,
         sample_rate=8000,
         channels=1,
@@ -60,6 +61,15 @@ def feed(buffer: JitterBuffer, frames: list[AudioFrame]) -> list[AudioFrame]:
 
 def seqs(frames: list[AudioFrame]) -> list[int]:
     return [f.seq for f in frames]
+
+
+def times(frames: list[AudioFrame]) -> list[float]:
+    return [f.playout_s or 0.0 for f in frames]
+
+
+# The delay reference may creep up 0.5 ms per s while frames arrive above it (clock drift
+# allowance), moving the schedule by as much: playout times are exact to within that.
+CREEP_S = 1e-5
 
 
 def slot_s(k: int, *, anchor_s: float = 0.0, target_ms: float = 80.0) -> float:
@@ -96,21 +106,23 @@ def test_push_returns_the_frames_that_fell_due_before_the_arrival() -> None:
 
 def test_reorder_within_the_delay_plays_in_seq_order() -> None:
     buffer = JitterBuffer()
-    arrivals = [make_frame(0, 0.0), make_frame(2, 0.02), make_frame(1, 0.03), make_frame(3, 0.06)]
+    arrivals = [make_frame(0, 0.0), make_frame(2, 0.045), make_frame(1, 0.05), make_frame(3, 0.06)]
     emitted = feed(buffer, arrivals) + buffer.pop_due(slot_s(3))
 
     assert seqs(emitted) == [0, 1, 2, 3]
-    assert [f.playout_s for f in emitted] == [slot_s(k) for k in range(4)]
+    assert times(emitted) == pytest.approx([slot_s(k) for k in range(4)], abs=CREEP_S)
     assert buffer.counts() == FrameCounts(received=4, played=4, reordered=1)
 
 
 def test_lower_seq_before_start_moves_the_first_slot_down_without_moving_the_anchor() -> None:
     buffer = JitterBuffer()
     emitted = feed(buffer, [make_frame(5, 1.0), make_frame(4, 1.01)])
-    emitted += buffer.pop_due(slot_s(1, anchor_s=1.0))
+    emitted += buffer.pop_due(slot_s(1, anchor_s=1.0) + CREEP_S)
 
     assert seqs(emitted) == [4, 5]
-    assert [f.playout_s for f in emitted] == [slot_s(0, anchor_s=1.0), slot_s(1, anchor_s=1.0)]
+    assert times(emitted) == pytest.approx(
+        [slot_s(0, anchor_s=1.0), slot_s(1, anchor_s=1.0)], abs=CREEP_S
+    )
     assert buffer.counts() == FrameCounts(received=2, played=2, reordered=1)
 
 
@@ -194,35 +206,36 @@ def test_repeat_concealment_repeats_the_last_played_payload() -> None:
 
 
 def test_overflow_drops_the_newest_frame_and_keeps_the_buffered_ones() -> None:
-    buffer = JitterBuffer(capacity_frames=4)
-    feed(buffer, [make_frame(k, 0.0) for k in range(4)])
+    buffer = JitterBuffer(capacity_frames=4, target_delay_ms=200.0)
+    feed(buffer, [on_time(k) for k in range(4)])
 
-    buffer.push(make_frame(4, 0.0))
+    buffer.push(on_time(4))
 
     assert buffer.counts() == FrameCounts(received=5, overflow=1, unplayed=4)
     assert buffer.level_ms == 80.0
-    emitted = buffer.pop_due(slot_s(3))
+    emitted = buffer.pop_due(slot_s(3, target_ms=200.0))
     assert seqs(emitted) == [0, 1, 2, 3]
     # The window has moved on: seq 4 now fits, and plays in its slot.
-    emitted = buffer.push(make_frame(4, slot_s(3) + 0.001)) + buffer.pop_due(slot_s(4))
+    emitted = buffer.push(make_frame(4, slot_s(3, target_ms=200.0) + 0.001))
+    emitted += buffer.pop_due(slot_s(4, target_ms=200.0))
     assert seqs(emitted) == [4]
     assert buffer.counts() == FrameCounts(received=6, played=5, overflow=1)
 
 
 def test_reorder_before_start_beyond_capacity_overflows() -> None:
     buffer = JitterBuffer(capacity_frames=4)
-    feed(buffer, [make_frame(k, 0.0) for k in (10, 11, 12, 13)])
+    feed(buffer, [on_time(k) for k in (10, 11, 12, 13)])
 
-    buffer.push(make_frame(9, 0.001))
+    buffer.push(make_frame(9, 0.261))
 
     assert buffer.counts() == FrameCounts(received=5, overflow=1, unplayed=4, reordered=1)
-    assert seqs(buffer.pop_due(slot_s(0))) == [10]
+    assert seqs(buffer.pop_due(slot_s(0, anchor_s=0.2))) == [10]
 
 
 def test_stream_restart_jump_counts_lost_without_synthesising_frames() -> None:
     buffer = JitterBuffer(max_gap_frames=10)
     frames = [make_frame(0, 0.0), make_frame(1, 0.02), make_frame(2, 0.04)]
-    frames += [make_frame(100, 0.06), make_frame(101, 0.08)]
+    frames += [make_frame(100, 0.06, media_ms=60.0), make_frame(101, 0.08, media_ms=80.0)]
     emitted = feed(buffer, frames) + buffer.pop_due(slot_s(4))
 
     assert seqs(emitted) == [0, 1, 2, 100, 101]
@@ -234,42 +247,235 @@ def test_stream_restart_jump_counts_lost_without_synthesising_frames() -> None:
     assert buffer.counts().late == 1
 
 
-def test_long_pause_caps_concealment_then_reanchors_on_the_next_arrival() -> None:
-    buffer = JitterBuffer(max_gap_frames=5)
-    feed(buffer, [on_time(k) for k in range(3)])
+def stream_with(
+    seqs_and_arrivals: list[tuple[int, float]], *, media_of: dict[int, float] | None = None
+) -> list[AudioFrame]:
+    media = media_of or {}
+    return [make_frame(k, t, media_ms=media.get(k)) for k, t in seqs_and_arrivals]
 
-    emitted = buffer.pop_due(10.0)  # the peer went quiet for ten seconds
 
-    assert [(f.seq, f.concealed) for f in emitted] == [(k, k >= 3) for k in range(8)]
-    assert buffer.next_due_s is None
-    assert buffer.counts() == FrameCounts(received=3, played=3, lost=5, concealed=5)
+def wait_ms(frame: AudioFrame) -> float:
+    assert frame.playout_s is not None
+    return (frame.playout_s - frame.arrival_s) * 1000
 
-    assert buffer.push(make_frame(20, 10.0)) == []  # seqs 8..19 skipped while idle
-    assert buffer.counts().lost == 17
-    assert buffer.next_due_s == slot_s(0, anchor_s=10.0)
 
-    buffer.push(make_frame(19, 10.01))  # reorder before the restart plays: back in the window
-    assert buffer.counts().lost == 16
-    emitted = buffer.pop_due(slot_s(1, anchor_s=10.0))
-    assert seqs(emitted) == [19, 20]
-    assert [f.playout_s for f in emitted] == [slot_s(0, anchor_s=10.0), slot_s(1, anchor_s=10.0)]
+def first_real(emitted: list[AudioFrame], seq: int) -> AudioFrame:
+    return next(f for f in emitted if f.seq == seq and not f.concealed)
 
-    buffer.push(make_frame(5, 10.1))  # concealed before the pause: late, no longer lost
-    buffer.push(make_frame(9, 10.1))  # skipped while idle: late, no longer lost
-    assert buffer.counts() == FrameCounts(
-        received=7, played=5, late=2, lost=14, concealed=5, reordered=3
+
+@pytest.mark.parametrize("tail_s", [0.0, 0.3, 1.0, 3.0, 60.0])
+@pytest.mark.parametrize("ending", ["end", "close"])
+def test_idle_tail_after_the_last_frame_is_neither_lost_nor_concealed(
+    tail_s: float, ending: str
+) -> None:
+    buffer = JitterBuffer()
+    jitter_ms = [0, 7, 3, 15, 1, 12, 4, 9, 0, 5]
+    frames = [make_frame(k, (k * 20 + jitter_ms[k % 10]) / 1000) for k in range(100)]
+    emitted = feed(buffer, frames)
+    end_s = frames[-1].arrival_s + tail_s
+    emitted += buffer.pop_due(end_s)
+    emitted += buffer.end(end_s) if ending == "end" else buffer.close(end_s)
+    emitted += buffer.pop_due(end_s + 10.0)
+
+    counts = buffer.counts()
+    assert (counts.lost, counts.concealed, counts.late) == (0, 0, 0)
+    assert not any(f.concealed for f in emitted)
+    if ending == "close":  # cut: nothing plays after the end
+        assert all((f.playout_s or 0.0) <= end_s for f in emitted)
+    if ending == "end" or tail_s >= 0.3:
+        assert seqs(emitted) == list(range(100))
+        assert counts.unplayed == 0
+    assert buffer.closed
+    assert buffer.wait_stats().idle_s == pytest.approx(
+        max(0.0, end_s - (emitted[-1].playout_s or 0.0) - FRAME_MS / 1000), abs=1e-9
     )
 
 
-def test_frame_older_than_the_pause_does_not_restart_the_clock() -> None:
-    buffer = JitterBuffer(max_gap_frames=2)
-    feed(buffer, [on_time(0)])
+def test_end_drains_the_buffer_at_its_slots_then_closes() -> None:
+    buffer = JitterBuffer(target_delay_ms=120.0)
+    frames = [make_frame(k, k * 0.02 + (0.03 if k % 3 == 0 else 0.0)) for k in range(50)]
+    frames = [f for f in frames if f.seq != 47]  # one real loss near the end
+    emitted = feed(buffer, frames)
+    last_arrival_s = frames[-1].arrival_s
+
+    assert buffer.end(last_arrival_s) == []  # nothing was due yet
+    assert not buffer.closed
+    assert buffer.next_due_s is not None
+    emitted += buffer.pop_due(last_arrival_s + 5.0)
+
+    assert seqs(emitted) == list(range(50))
+    assert [f.seq for f in emitted if f.concealed] == [47]
+    assert buffer.counts() == FrameCounts(received=49, played=49, lost=1, concealed=1)
+    assert buffer.closed
+    assert buffer.next_due_s is None
+    assert buffer.push(make_frame(50, last_arrival_s + 6.0)) == []
+    assert buffer.last_outcome == "late"
+
+
+@pytest.mark.parametrize("announced", [True, False])
+def test_two_second_pause_mid_stream_is_idle_time_and_the_audio_after_it_is_on_time(
+    announced: bool,
+) -> None:
+    """Seq continuous, media clock jumping 2 s: an AudioHook pause, or silence suppression."""
+    buffer = JitterBuffer()
+    before = [on_time(k) for k in range(100)]
+    pause_s = 2.0
+    after = [
+        make_frame(k, k * 0.02 + pause_s, media_ms=k * FRAME_MS + pause_s * 1000)
+        for k in range(100, 200)
+    ]
+    emitted = feed(buffer, before)
+    if announced:
+        emitted += buffer.pause(before[-1].arrival_s + 0.01)
+        emitted += buffer.resume(after[0].arrival_s - 0.01)
+    emitted += feed(buffer, after) + buffer.end(after[-1].arrival_s)
+    emitted += buffer.pop_due(after[-1].arrival_s + 1.0)
+
+    assert seqs(emitted) == list(range(200))
+    assert buffer.counts() == FrameCounts(received=200, played=200)
+    assert wait_ms(first_real(emitted, 100)) <= 80.0 + FRAME_MS
+    assert buffer.wait_stats().idle_s == pytest.approx(pause_s, abs=0.03)
+
+
+def test_announced_pause_without_a_media_jump_reanchors_on_resume() -> None:
+    buffer = JitterBuffer()
+    emitted = feed(buffer, [on_time(k) for k in range(50)])
+    emitted += buffer.pause(1.0)
+    emitted += buffer.pop_due(5.0)
+    emitted += buffer.resume(5.0)
+    resumed = make_frame(50, 5.5)  # media time carries on from before the pause
+    emitted += buffer.push(resumed)
+
+    assert buffer.last_reanchored
+    emitted += feed(buffer, [make_frame(k, 5.5 + (k - 50) * 0.02) for k in range(51, 60)])
+    emitted += buffer.pop_due(7.0)
+    assert seqs(emitted) == list(range(60))
+    assert wait_ms(first_real(emitted, 50)) == pytest.approx(80.0)
+    assert buffer.counts() == FrameCounts(received=60, played=60)
+    assert buffer.wait_stats().idle_s == pytest.approx(5.58 - slot_s(50), abs=1e-9)
+
+
+def outage(start: int, stop: int, held_s: float) -> list[AudioFrame]:
+    """Frames ``start..stop-1`` of a 20 ms stream, every one held ``held_s`` longer."""
+    return [make_frame(k, k * 0.02 + held_s) for k in range(start, stop)]
+
+
+@pytest.mark.parametrize("told", [True, False])
+def test_reconnect_with_the_sequence_resumed_plays_at_once(told: bool) -> None:
+    """The server paused while the connection was down and resumed the sequence: every
+    frame from then on comes 3 s after its media time. Without a re-anchor, all late."""
+    buffer = JitterBuffer()
+    emitted = feed(buffer, [on_time(k) for k in range(100)])
+    if told:
+        emitted += buffer.discontinuity(2.5)
+    emitted += feed(buffer, outage(100, 300, held_s=3.0))
+    emitted += buffer.pop_due(10.0)
+
+    first = first_real(emitted, 100)
+    assert wait_ms(first) <= 80.0 + FRAME_MS
+    assert seqs(emitted) == list(range(300))
+    assert buffer.counts() == FrameCounts(received=300, played=300)
+
+
+def test_reconnect_with_the_sequence_skipped_counts_the_skipped_seqs_lost() -> None:
+    buffer = JitterBuffer()
+    emitted = feed(buffer, [on_time(k) for k in range(100)])
+    emitted += buffer.discontinuity(2.5)
+    emitted += feed(buffer, [on_time(k) for k in range(250, 400)])
+    emitted += buffer.pop_due(10.0)
+
+    assert wait_ms(first_real(emitted, 250)) <= 80.0 + FRAME_MS
+    assert seqs(emitted) == list(range(100)) + list(range(250, 400))
+    assert buffer.counts() == FrameCounts(received=250, played=250, lost=150)
+
+
+def test_sequence_restart_reanchors_instead_of_counting_the_new_stream_late() -> None:
+    buffer = JitterBuffer()
+    emitted = feed(buffer, [on_time(k) for k in range(300)])
+    restart_s = 6.5
+    emitted += feed(buffer, [make_frame(k, restart_s + k * 0.02) for k in range(200)])
+    emitted += buffer.pop_due(20.0)
+
+    restarted = [f for f in emitted if (f.playout_s or 0.0) > restart_s]
+    assert seqs(restarted) == list(range(200))
+    assert wait_ms(restarted[0]) <= 80.0 + FRAME_MS
+    assert buffer.counts() == FrameCounts(received=500, played=500)
+
+
+def test_outage_burst_of_held_frames_is_cut_back_to_the_target_oldest_first() -> None:
+    """A handover: frames 100..199 are held and delivered in one burst at 4 s."""
+    buffer = JitterBuffer()
+    burst = [make_frame(k, 4.0 + (k - 100) * 0.0005) for k in range(100, 200)]
+    frames = [on_time(k) for k in range(100)] + burst + [on_time(k) for k in range(200, 300)]
+    emitted = feed(buffer, frames) + buffer.pop_due(10.0)
+
+    after = [f for f in emitted if f.seq >= 100]
+    assert wait_ms(after[0]) <= 80.0 + FRAME_MS
+    counts = buffer.counts()
+    assert counts.discarded > 0
+    assert counts.late == 0
+    assert counts.balanced
+    assert counts.played + counts.discarded == 300
+    # Back within a frame of the target for every frame from the first slot after it.
+    assert all(wait_ms(f) <= 80.0 + FRAME_MS for f in after)
+
+
+def test_short_delay_spike_makes_late_frames_not_a_reanchor() -> None:
+    buffer = JitterBuffer()
+    spike = {k: 0.150 - (k - 50) * 0.02 for k in range(50, 58)}  # 150 ms, draining
+    frames = [make_frame(k, k * 0.02 + max(0.0, spike.get(k, 0.0))) for k in range(100)]
+    emitted = feed(buffer, frames) + buffer.pop_due(5.0)
+
+    counts = buffer.counts()
+    assert counts.late == 4  # seqs 50..53 came at or after their slots
+    assert counts.lost == 0
+    assert counts.concealed == 4
+    assert [f.seq for f in emitted if f.concealed] == [50, 51, 52, 53]
+    assert seqs(emitted) == list(range(100))
+    # 170 ms with every frame above the reference: it may creep up 0.085 ms.
+    assert times(emitted) == pytest.approx([slot_s(k) for k in range(100)], abs=1e-4)
+
+
+@pytest.mark.parametrize("drift_ppm", [100.0, -100.0])
+def test_clock_drift_neither_drains_nor_fills_the_buffer(drift_ppm: float) -> None:
+    """Ten minutes of a sender whose clock runs 100 ppm fast or slow: 60 ms of drift."""
+    buffer = JitterBuffer(target_delay_ms=40.0)
+    frames = [make_frame(k, k * 0.02 * (1 + drift_ppm * 1e-6)) for k in range(30_000)]
+    emitted = feed(buffer, frames) + buffer.pop_due(700.0)
+
+    assert buffer.counts() == FrameCounts(received=30_000, played=30_000)
+    waits = [wait_ms(f) for f in emitted]
+    assert min(waits) >= 40.0 - 1.0
+    assert max(waits) <= 40.0 + 1.0
+
+
+def test_wait_stats_report_the_delay_the_buffer_adds() -> None:
+    buffer = JitterBuffer(target_delay_ms=60.0)
+    assert buffer.wait_stats().mean_ms is None
+    frames = [make_frame(k, k * 0.02 + (0.04 if k % 10 == 5 else 0.0)) for k in range(100)]
+    feed(buffer, frames)
+    buffer.end(frames[-1].arrival_s)
     buffer.pop_due(10.0)
 
-    buffer.push(make_frame(1, 10.0))
+    stats = buffer.wait_stats()
+    assert stats.frames == 100
+    assert stats.mean_ms == pytest.approx((90 * 60.0 + 10 * 20.0) / 100, abs=0.01)
+    assert stats.p95_ms == 60.0
+    filled = buffer.stats(BufferStats(target_ms=60.0, policy="fixed"))
+    assert (filled.wait_mean_ms, filled.wait_p95_ms) == (stats.mean_ms, 60.0)
+    assert filled.policy == "fixed"
 
-    assert buffer.next_due_s is None
-    assert buffer.counts() == FrameCounts(received=2, played=1, late=1, lost=1, concealed=2)
+
+def test_last_outcome_names_what_became_of_each_frame() -> None:
+    buffer = JitterBuffer(capacity_frames=4)
+    outcomes = []
+    for frame in [on_time(0), on_time(0), make_frame(9, 0.01), make_frame(1, 0.03)]:
+        buffer.push(frame)
+        outcomes.append(buffer.last_outcome)
+    buffer.pop_due(1.0)
+    buffer.push(make_frame(0, 1.0))
+    outcomes.append(buffer.last_outcome)
+    assert outcomes == ["buffered", "duplicate", "overflow", "buffered", "late"]
 
 
 @pytest.mark.parametrize(
@@ -408,7 +614,8 @@ def small_buffer() -> JitterBuffer:
 
 def check_step(buffer: JitterBuffer, emitted: list[AudioFrame], now_s: float) -> None:
     c = buffer.counts()
-    assert c.received == c.played + c.late + c.duplicate + c.overflow + c.unplayed
+    assert c.received == c.played + c.late + c.duplicate + c.overflow + c.unplayed + c.discarded
+    assert c.balanced
     assert c.malformed == 0
     assert c.lost >= 0
     assert c.played == sum(not f.concealed for f in emitted)
@@ -489,3 +696,69 @@ def test_output_does_not_depend_on_how_often_the_clock_is_ticked(
     assert with_ticks == plain
     assert [f.playout_s for f in with_ticks] == [f.playout_s for f in plain]
     assert ticked.counts() == pushed_only.counts()
+
+
+events = st.lists(
+    st.one_of(
+        st.tuples(st.just("push"), st.integers(0, 40), st.integers(0, 80)),
+        st.tuples(st.just("dup"), st.just(0), st.integers(0, 30)),
+        st.tuples(st.just("pop"), st.just(0), st.integers(0, 900)),
+        st.tuples(st.just("target"), st.integers(0, 300), st.just(0)),
+        st.tuples(st.sampled_from(["pause", "resume", "discontinuity"]), st.just(0), st.just(5)),
+        st.tuples(st.just("end"), st.just(0), st.integers(0, 50)),
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(events, st.sampled_from(["close", "end"]))
+def test_lost_counts_only_seqs_never_received_whatever_the_order_of_events(
+    steps: list[tuple[str, int, int]], finish: str
+) -> None:
+    """Pushes, ticks, target changes, pauses, reconnects and an early end in any order:
+    the counters add up at every step, playout times only go forward, and ``lost`` never
+    counts a seq that was received (late_memory is large enough to remember them all)."""
+    buffer = JitterBuffer(
+        target_delay_ms=60.0, capacity_frames=CAPACITY, max_gap_frames=4, late_memory=4096
+    )
+    emitted: list[AudioFrame] = []
+    kept: set[int] = set()
+    now_ms, last_seq = 0, 0
+    for kind, value, dt_ms in steps:
+        now_ms += dt_ms
+        now_s = now_ms / 1000
+        if kind in ("push", "dup"):
+            last_seq = value if kind == "push" else last_seq
+            emitted += buffer.push(make_frame(last_seq, now_s))
+            if buffer.last_outcome != "overflow":
+                kept.add(last_seq)
+        elif kind == "target":
+            buffer.set_target_delay(float(value))
+        else:
+            emitted += getattr(buffer, kind if kind != "pop" else "pop_due")(now_s)
+        check_counts(buffer, emitted, now_s)
+    end_s = now_ms / 1000 + 5.0
+    emitted += getattr(buffer, finish)(end_s) + buffer.pop_due(end_s)
+    check_counts(buffer, emitted, end_s)
+    counts = buffer.counts()
+    if kept:
+        never = set(range(min(kept), max(kept) + 1)) - kept
+        assert counts.lost <= len(never)
+    assert counts.lost >= len({f.seq for f in emitted if f.concealed} - kept)
+    assert buffer.closed
+    assert buffer.level_ms == 0.0
+    assert buffer.next_due_s is None
+
+
+def check_counts(buffer: JitterBuffer, emitted: list[AudioFrame], now_s: float) -> None:
+    c = buffer.counts()
+    assert c.balanced
+    assert c.lost >= 0
+    assert c.played == sum(not f.concealed for f in emitted)
+    assert c.concealed == sum(f.concealed for f in emitted)
+    assert c.unplayed <= CAPACITY
+    played_at = times(emitted)
+    assert played_at == sorted(played_at)
+    assert all(t <= now_s for t in played_at)
+    assert buffer.wait_stats().idle_s >= 0.0

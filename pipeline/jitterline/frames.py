@@ -280,16 +280,28 @@ ArrivalOutcome: TypeAlias = Literal["buffered", "late", "duplicate", "overflow"]
 class Arrival:
     """What the jitter buffer did with one arriving frame, as it arrived: the input of the
     latency window (which measures the arrival) and, through it, of the adjuster (which
-    sees the buffer's own late outcomes). Played frames leave the buffer separately."""
+    sees the buffer's own late outcomes). ``reanchored``: the buffer restarted its playout
+    clock on this frame (a discontinuity), so the window measures delay from it afresh.
+    Played frames leave the buffer separately."""
 
     frame: AudioFrame
     outcome: ArrivalOutcome
+    reanchored: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class FrameCounts:
     """Frame accounting; ``received == played + late + duplicate + overflow + malformed +
-    unplayed`` always holds on a final snapshot (each frame received is counted once)."""
+    unplayed + discarded`` always holds on a final snapshot: each frame received is counted
+    exactly once.
+
+    ``discarded`` counts frames that arrived in time but were dropped, oldest first, to bring
+    the playout delay back to its target after an outage delivered a burst of held frames
+    (or a restart replaced what was buffered): audio the listener does not hear, like a late
+    frame, but through no fault of its own arrival. ``lost`` counts sequence numbers never
+    received, nothing else: idle time (pauses, gaps in the media clock, the time after the
+    last frame) is neither lost nor concealed.
+    """
 
     received: int = 0
     played: int = 0
@@ -301,22 +313,23 @@ class FrameCounts:
     lost: int = 0
     concealed: int = 0
     reordered: int = 0
+    discarded: int = 0
 
     @property
     def balanced(self) -> bool:
-        accounted = (
-            self.played + self.late + self.duplicate + self.overflow + self.malformed
-        ) + self.unplayed
+        accounted = (self.played + self.late + self.duplicate + self.overflow + self.malformed) + (
+            self.unplayed + self.discarded
+        )
         return self.received == accounted
 
     @property
     def loss_rate(self) -> float:
-        expected = self.played + self.late + self.lost
+        expected = self.played + self.late + self.lost + self.discarded
         return self.lost / expected if expected else 0.0
 
     @property
     def late_rate(self) -> float:
-        expected = self.played + self.late + self.lost
+        expected = self.played + self.late + self.lost + self.discarded
         return self.late / expected if expected else 0.0
 
 
@@ -325,7 +338,7 @@ class LatencyStats:
     """The latency window's view, in milliseconds; None where nothing was measured."""
 
     frames: int = 0
-    jitter_rfc3550_ms: float = 0.0
+    jitter_rfc3550_ms: float | None = 0.0
     jitter_p50_ms: float | None = None
     jitter_p95_ms: float | None = None
     jitter_p99_ms: float | None = None
@@ -345,13 +358,23 @@ class LatencyStats:
 
 @dataclass(frozen=True, slots=True)
 class BufferStats:
-    """The jitter buffer's target delay now, its extremes so far, and what it holds."""
+    """The jitter buffer's target delay now, its extremes so far, and what it holds.
+
+    ``wait_mean_ms`` / ``wait_p95_ms``: how long played frames waited in the buffer
+    (playout minus arrival), the delay the buffer itself adds; None before a frame played.
+    ``idle_s``: playout time with no audio because the sender sent none (an announced
+    pause, a gap in the media clock, the time after the last frame), which is neither loss
+    nor concealment.
+    """
 
     target_ms: float = 0.0
     min_ms: float = 0.0
     max_ms: float = 0.0
     level_ms: float = 0.0
     policy: str = ""
+    wait_mean_ms: float | None = None
+    wait_p95_ms: float | None = None
+    idle_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,16 +10,23 @@ What is measured, per received frame, in arrival order:
   a negative gap, and never moves the window's clock back.
 - RFC 3550 interarrival jitter (section 6.4.1 / A.8), in ms: R = arrival_s * 1000,
   S = media_ms, D(i-1, i) = (Ri - Ri-1) - (Si - Si-1), J += (|D| - J) / 16. J is a running
-  estimate over the whole stream, not windowed, exactly as RTP receivers report it.
-- relative one-way delay: transit = R - S minus the least transit in the window (a
-  monotonic deque keeps that sliding minimum in O(1) amortised). The sender's clock offset
-  is in every transit, so it cancels; what is left is how much later than the
-  least-delayed recent frame this one came (WebRTC NetEq's relative arrival delay).
+  estimate over the whole stream, not windowed, exactly as RTP receivers report it. A
+  frame that arrives after a discontinuity (``rebase=True``: a reconnect, a restart, an
+  outage the jitter buffer re-anchored on) is not compared with the frame before it: an
+  outage is not jitter, and one such D would weigh on J for a hundred frames.
+- relative one-way delay: transit = R - S above the ``DelayReference``, the least transit
+  since the last discontinuity (see that class for why it must not be a sliding-window
+  minimum). The sender's clock offset is in every transit, so it cancels; what is left is
+  how much later than the least-delayed frame this one came: exactly the margin the
+  jitter buffer, which schedules its playout against the same reference, must hold.
 - latency: ``(received_wall_s - capture_wall_s) * 1000`` when both are given. It compares
   two parties' wall clocks, so it includes their offset; it is exact on one host (the
   emulator) and a trend elsewhere.
 - processing: ``(sent_wall_s - capture_wall_s) * 1000`` when both are given: the sender's
   own clock on both ends, so it has no offset.
+
+The jitter buffer's outcome for the frame (``late``, ``buffered``, ...) is passed through
+into the measure, so a policy can aim at the late-loss rate directly.
 
 RTT from ping/pong is smoothed as RFC 6298 SRTT: the first sample is taken as is, then
 ``srtt += (rtt - srtt) / 8``.
@@ -27,14 +34,16 @@ RTT from ping/pong is smoothed as RFC 6298 SRTT: the first sample is taken as is
 Bounds and cost: the window holds at most ``max_frames`` entries, none older than
 ``max_age_s``. Each ``observe`` is O(1) amortised. Quantiles are computed only by
 ``snapshot``, by sorting the window's values (O(n log n) in n <= ``max_frames``): they are
-exact, with no bucket error, and need no per-measure histogram beside the entries the window
-must keep anyway to expire them. A quantile is the nearest rank: the smallest value with at
+exact, with no bucket error. A quantile is the nearest rank: the smallest value with at
 least p % of the values at or below it (the ``ceil(p/100 * n)``-th smallest), so it is
-always a measured value and p50 <= p95 <= p99.
+always a measured value and p50 <= p95 <= p99. A snapshot's delays are taken against the
+reference at snapshot time (transits are kept net of the jumps of earlier rebases, so a
+discontinuity does not show as a delay), floored at 0.
 
 Bad input never raises: a non-finite time, or one so large that milliseconds overflow, makes
 the measures that need it None (they are left out of the quantiles), J unchanged and
-``relative_delay_ms`` 0; it is logged once per kind.
+``relative_delay_ms`` 0; it is logged once per kind. ``jitter_rfc3550_ms`` is None in a
+snapshot until a transit delta was measured.
 """
 
 from __future__ import annotations
@@ -46,24 +55,80 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from . import checks
-from .frames import ArrivalMeasure, AudioFrame, LatencyStats
+from .frames import ArrivalMeasure, ArrivalOutcome, AudioFrame, LatencyStats
 
-__all__ = ["LatencyWindow"]
+__all__ = ["REFERENCE_JUMP_MS", "REFERENCE_RISE_PPM", "DelayReference", "LatencyWindow"]
 
 log = logging.getLogger(__name__)
 
 _JITTER_GAIN = 1 / 16  # RFC 3550 A.8
 _SRTT_GAIN = 1 / 8  # RFC 6298 alpha
 
+REFERENCE_RISE_PPM = 500.0
+"""How fast the delay reference may creep up, in ms per s of arrival time x 1000.
+
+Sender and receiver clocks drift apart by up to +-100 ppm, so the least transit drifts by
+up to 0.1 ms/s: a reference that could only fall would let a fixed playout schedule drift
+into lateness. Five times that rate tracks any such drift, yet after a route change up of
+100 ms the reference needs 200 s to catch up, so the measured delays stay honest for
+the whole time the adjuster needs to learn the new level.
+"""
+
+REFERENCE_JUMP_MS = 1_000.0
+"""A transit this far below the reference in one frame is a media-clock jump, not a faster
+route (routes change by tens of ms; held frames after an outage come 20 ms apart in media
+time): the reference re-bases on it instead of following it, since following would count
+every later frame as a second early."""
+
+
+class DelayReference:
+    """The transit against which delays are measured and playout is scheduled.
+
+    Why not the least transit of a sliding window (as NetEq's 2 s history, or this
+    window before)? After a route change up, that minimum rises within the window's span
+    while the playout schedule, anchored before the change, does not: measured delays decay
+    back to ~0, the target follows them down, and frames go late. This reference is the
+    least transit since the last discontinuity, allowed to rise only at
+    ``REFERENCE_RISE_PPM`` (clock drift) and re-based explicitly (``rebase``) when the
+    jitter buffer re-anchors its clock, or by itself on a jump of ``REFERENCE_JUMP_MS``.
+    The jitter buffer and the latency window each keep one, fed the same frames in the same
+    order with the same rebases, so they agree to the bit.
+    """
+
+    __slots__ = ("_at_ms", "_ref_ms", "jumped_ms")
+
+    def __init__(self) -> None:
+        self._ref_ms: float | None = None
+        self._at_ms = 0.0
+        self.jumped_ms = 0.0  # sum of the jumps of explicit or automatic rebases
+
+    @property
+    def ms(self) -> float | None:
+        """The reference transit now, in ms (None before the first finite frame)."""
+        return self._ref_ms
+
+    def observe(self, arrival_ms: float, media_ms: float, *, rebase: bool = False) -> float:
+        """Fold in one frame's transit; returns its delay above the reference (>= 0)."""
+        transit_ms = arrival_ms - media_ms
+        ref_ms = self._ref_ms
+        if ref_ms is None or rebase or ref_ms - transit_ms > REFERENCE_JUMP_MS:
+            if ref_ms is not None:
+                self.jumped_ms += transit_ms - ref_ms
+            self._ref_ms, self._at_ms = transit_ms, arrival_ms
+            return 0.0
+        risen_ms = ref_ms + max(0.0, arrival_ms - self._at_ms) * REFERENCE_RISE_PPM * 1e-6
+        self._ref_ms = min(risen_ms, transit_ms)
+        self._at_ms = max(self._at_ms, arrival_ms)
+        return transit_ms - self._ref_ms
+
 
 class _Entry(NamedTuple):
     """One frame's measures as the window keeps them; ``at_s`` is the window's clock."""
 
-    serial: int
     at_s: float
     transit_delta_ms: float | None
     interarrival_ms: float | None
-    transit_ms: float | None
+    transit_ms: float | None  # net of the reference's earlier rebase jumps
     latency_ms: float | None
     processing_ms: float | None
 
@@ -101,8 +166,8 @@ class LatencyWindow:
         self.max_frames = max_frames
         self.max_age_s = max_age_s
         self._entries: deque[_Entry] = deque()
-        self._minima: deque[tuple[int, float]] = deque()  # (serial, transit), rising transits
-        self._next_serial = 0
+        self._reference = DelayReference()
+        self._measured_jitter = False
         self._clock_s: float | None = None
         self._prev_times_ms: tuple[float, float] | None = None  # last finite (R, S)
         self._jitter_ms = 0.0
@@ -119,8 +184,20 @@ class LatencyWindow:
         """The running RFC 3550 interarrival jitter, in ms."""
         return self._jitter_ms
 
-    def observe(self, frame: AudioFrame) -> ArrivalMeasure:
-        """Measure one received frame; call once per frame, in arrival order."""
+    @property
+    def reference_ms(self) -> float | None:
+        """The delay reference's transit now (see ``DelayReference``)."""
+        return self._reference.ms
+
+    def observe(
+        self, frame: AudioFrame, outcome: ArrivalOutcome = "buffered", *, rebase: bool = False
+    ) -> ArrivalMeasure:
+        """Measure one received frame; call once per frame, in arrival order.
+
+        ``outcome`` is what the jitter buffer did with the frame (its ``last_outcome``)
+        and ``rebase`` whether it re-anchored its clock on it (``last_reanchored``), so
+        that both measure delay against the same reference.
+        """
         arrival_ms = _finite(frame.arrival_s * 1000.0)
         media_ms = _finite(frame.media_ms)
         if arrival_ms is None or media_ms is None:
@@ -130,13 +207,18 @@ class LatencyWindow:
                 frame.seq,
             )
         interarrival_ms = self._interarrival(arrival_ms)
-        transit_delta_ms = self._transit_delta(arrival_ms, media_ms)
+        transit_delta_ms = None if rebase else self._transit_delta(arrival_ms, media_ms)
         transit_ms = None
+        relative_ms = 0.0
         if arrival_ms is not None and media_ms is not None:
             self._prev_times_ms = (arrival_ms, media_ms)
             transit_ms = _finite(arrival_ms - media_ms)
+        if transit_ms is not None and arrival_ms is not None and media_ms is not None:
+            relative_ms = (
+                _finite(self._reference.observe(arrival_ms, media_ms, rebase=rebase)) or 0.0
+            )
+            transit_ms -= self._reference.jumped_ms
         entry = _Entry(
-            serial=self._next_serial,
             at_s=self._advance_clock(None if arrival_ms is None else frame.arrival_s),
             transit_delta_ms=transit_delta_ms,
             interarrival_ms=interarrival_ms,
@@ -152,9 +234,10 @@ class LatencyWindow:
             interarrival_ms=interarrival_ms,
             transit_delta_ms=transit_delta_ms,
             jitter_ms=self._jitter_ms,
-            relative_delay_ms=self._relative_delay(transit_ms),
+            relative_delay_ms=relative_ms,
             latency_ms=entry.latency_ms,
             processing_ms=entry.processing_ms,
+            outcome=outcome,
         )
 
     def observe_rtt(self, rtt_ms: float, now: float) -> None:
@@ -178,18 +261,19 @@ class LatencyWindow:
         """Expire entries older than ``max_age_s`` before ``now`` and summarise the rest."""
         self._expire(now)
         entries = self._entries
-        least = self._minima[0][1] if self._minima else 0.0
+        ref_ms = self._reference.ms
+        least = 0.0 if ref_ms is None else ref_ms - self._reference.jumped_ms
         jitter = _quantiles((e.transit_delta_ms for e in entries), (50, 95, 99))
         gaps = _quantiles((e.interarrival_ms for e in entries), (50, 95, 99))
         delays = _quantiles(
-            (None if e.transit_ms is None else e.transit_ms - least for e in entries),
+            (None if e.transit_ms is None else max(0.0, e.transit_ms - least) for e in entries),
             (50, 95, 99),
         )
         latency = _quantiles((e.latency_ms for e in entries), (50, 95, 99))
         processing = _quantiles((e.processing_ms for e in entries), (50, 95))
         return LatencyStats(
             frames=len(entries),
-            jitter_rfc3550_ms=self._jitter_ms,
+            jitter_rfc3550_ms=self._jitter_ms if self._measured_jitter else None,
             jitter_p50_ms=jitter[0],
             jitter_p95_ms=jitter[1],
             jitter_p99_ms=jitter[2],
@@ -225,6 +309,7 @@ class LatencyWindow:
         delta = _finite(abs((arrival_ms - prev_arrival_ms) - (media_ms - prev_media_ms)))
         if delta is not None:
             self._jitter_ms += (delta - self._jitter_ms) * _JITTER_GAIN
+            self._measured_jitter = True
         return delta
 
     def _advance_clock(self, arrival_s: float | None) -> float:
@@ -234,13 +319,8 @@ class LatencyWindow:
         return self._clock_s if self._clock_s is not None else 0.0
 
     def _add(self, entry: _Entry) -> None:
-        self._next_serial += 1
         self._expire(entry.at_s)
         self._entries.append(entry)
-        if entry.transit_ms is not None:
-            while self._minima and self._minima[-1][1] >= entry.transit_ms:
-                self._minima.pop()
-            self._minima.append((entry.serial, entry.transit_ms))
         while len(self._entries) > self.max_frames:
             self._evict()
 
@@ -250,14 +330,7 @@ class LatencyWindow:
             self._evict()
 
     def _evict(self) -> None:
-        gone = self._entries.popleft()
-        if self._minima and self._minima[0][0] == gone.serial:
-            self._minima.popleft()
-
-    def _relative_delay(self, transit_ms: float | None) -> float:
-        if transit_ms is None or not self._minima:
-            return 0.0
-        return _finite(transit_ms - self._minima[0][1]) or 0.0
+        self._entries.popleft()
 
     def _warn_once(self, kind: str, message: str, *args: object) -> None:
         if kind not in self._warned:
