@@ -180,8 +180,11 @@ class Genesys:
     async def open(self) -> dict[str, Any]:
         return await self.until("opened")
 
-    async def audio(self, messages: int, samples: int = 1600) -> list[bytes]:
-        """``messages`` interleaved messages of ``samples`` per channel; returns them."""
+    async def audio(
+        self, messages: int, samples: int = 1600, *, paced: bool = False
+    ) -> list[bytes]:
+        """``messages`` interleaved messages of ``samples`` per channel, back to back or
+        ``paced`` in real time as Genesys sends them; returns them."""
         media = self.proto.media
         assert media is not None
         width = len(media[1])
@@ -190,6 +193,9 @@ class Genesys:
             payload = bytes((index * 7 + offset) % 256 for offset in range(samples * width))
             assert self.proto.send_audio(payload)
             sent.append(payload)
+            if paced:
+                await self.flush()
+                await asyncio.sleep(samples / 8000)
         await self.flush()
         return sent
 

@@ -94,12 +94,13 @@ def test_stereo_audio_is_split_into_two_channels_with_the_samples_sent(tmp_path:
     async def session(served: Served) -> tuple[str, list[bytes]]:
         client = await Genesys.connect(served.url)
         await client.open()
-        sent = await client.audio(3)
-        key = (client.session_id, "internal")
+        sent = await client.audio(5, paced=True)
         deadline = time.monotonic() + WAIT_S
-        while sum(len(f.payload) for f in played.frames[key]) < 3 * 1600:
-            assert time.monotonic() < deadline, "the audio was not played"
-            await asyncio.sleep(0.02)
+        for channel in ("external", "internal"):
+            # The buffer may still hold the newest frames; three played is plenty.
+            while len(played.frames[(client.session_id, channel)]) < 3:
+                assert time.monotonic() < deadline, "the audio was not played"
+                await asyncio.sleep(0.02)
         await client.close()
         return client.session_id, sent
 
@@ -110,8 +111,8 @@ def test_stereo_audio_is_split_into_two_channels_with_the_samples_sent(tmp_path:
     wire = b"".join(sent)
     for index, channel in enumerate(("external", "internal")):
         received = b"".join(f.payload for f in played.frames[(session_id, channel)])
-        assert received == wire[index::2]
-        assert len(received) == 3 * 1600
+        assert len(received) >= 3 * 1600
+        assert received == wire[index::2][: len(received)]
 
 
 def test_the_probe_is_answered_and_not_counted_as_a_call(tmp_path: Path) -> None:
