@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -28,6 +28,8 @@ from jitterline.protocols.audiohook import AudioHookDialect
 from jitterline.runtime import Runtime
 from jitterline.server import InboundServer, ServeOptions, SummaryWriter, Totals
 from jitterline.transport import IOLoop
+
+T = TypeVar("T")
 
 WAIT_S = 15.0
 ORG = "d7934305-0972-4844-938e-9060eef73d05"
@@ -63,12 +65,14 @@ class Served:
     def active(self) -> int:
         return self.call(lambda: len(self.server.sessions))
 
-    def call(self, fn: Callable[[], Any]) -> Any:
+    def call(self, fn: Callable[[], T]) -> T:
         return self.server.runtime.call(fn)
 
 
 @contextmanager
-def serving(tmp_path: Path, *, plugins: tuple[object, ...] = (), **options: Any) -> Iterator[Served]:
+def serving(
+    tmp_path: Path, *, plugins: tuple[object, ...] = (), **options: Any
+) -> Iterator[Served]:
     """An ``InboundServer`` on 127.0.0.1, port 0, its summaries in a JSON Lines file."""
     settings = ServeOptions(port=0, **options)
     ioloop = IOLoop(name="serve-test").start()
@@ -250,7 +254,9 @@ class Wire:
         document.update(fields)
         return json.dumps(document)
 
-    async def send(self, kind: str, parameters: dict[str, Any] | None = None, **fields: Any) -> None:
+    async def send(
+        self, kind: str, parameters: dict[str, Any] | None = None, **fields: Any
+    ) -> None:
         await self.ws.send(self.text(kind, parameters, **fields))
 
     async def open(self) -> dict[str, Any]:

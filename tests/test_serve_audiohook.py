@@ -11,6 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.exceptions import InvalidStatus
+
+from jitterline import AudioFrame, StreamInfo, hookimpl
+from jitterline.protocols.signatures import parse_api_keys
+from jitterline.server import Credentials
 from serve_testkit import (
     CONVERSATION,
     PARTICIPANT,
@@ -22,11 +27,6 @@ from serve_testkit import (
     signed_headers,
     whole_session,
 )
-from websockets.exceptions import InvalidStatus
-
-from jitterline import AudioFrame, StreamInfo, hookimpl
-from jitterline.protocols.signatures import parse_api_keys
-from jitterline.server import Credentials
 
 API_KEY = "jitterline-test-key"
 SECRET = b"a client secret of 32 bytes!!!!!"
@@ -153,18 +153,19 @@ def test_signed_session_is_accepted(tmp_path: Path) -> None:
 SESSION_ID = "5a7b3c1d-0e2f-4a6b-8c9d-1e2f3a4b5c6d"
 
 
-@pytest.mark.parametrize(
-    ("case", "api_key", "secret", "age_s", "unsigned"),
-    [
-        ("unknown API key", "not-a-key", SECRET, 0, False),
-        ("bad signature", API_KEY, b"another secret, not the real one", 0, False),
-        ("stale signature", API_KEY, SECRET, 60, False),
-        ("unsigned, key needs a signature", API_KEY, SECRET, 0, True),
-    ],
-)
-def test_bad_credentials_get_401_after_half_a_second(
-    tmp_path: Path, case: str, api_key: str, secret: bytes, age_s: int, unsigned: bool
-) -> None:
+BAD_CREDENTIALS = {
+    # case: (API key, secret it signs with, signature age in s, unsigned)
+    "unknown API key": ("not-a-key", SECRET, 0, False),
+    "bad signature": (API_KEY, b"another secret, not the real one", 0, False),
+    "stale signature": (API_KEY, SECRET, 60, False),
+    "unsigned, key needs a signature": (API_KEY, SECRET, 0, True),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CREDENTIALS))
+def test_bad_credentials_get_401_after_half_a_second(tmp_path: Path, case: str) -> None:
+    api_key, secret, age_s, unsigned = BAD_CREDENTIALS[case]
+
     async def attempt(url: str) -> tuple[int, float]:
         headers = signed_headers(
             url,

@@ -18,10 +18,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from serve_testkit import WAIT_S, Genesys
 from websockets.exceptions import InvalidStatus
 
 from jitterline.frames import Message
+from serve_testkit import WAIT_S, Genesys
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,8 +49,14 @@ def serve_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], int, list
     )
     lines: queue.Queue[str] = queue.Queue()
     seen: list[str] = []
-    assert process.stderr is not None
-    reader = threading.Thread(target=lambda: [lines.put(line) for line in process.stderr])
+    stderr = process.stderr
+    assert stderr is not None
+
+    def read() -> None:
+        for line in stderr:
+            lines.put(line)
+
+    reader = threading.Thread(target=read)
     reader.start()
     try:
         while True:
@@ -65,7 +71,7 @@ def serve_process(*args: str) -> Iterator[tuple[subprocess.Popen[str], int, list
             process.kill()
         process.wait(WAIT_S)
         reader.join(WAIT_S)
-        process.stderr.close()
+        stderr.close()
         while not lines.empty():
             seen.append(lines.get())
 

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from serve_testkit import WAIT_S, serving
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from jitterline.protocols.signatures import twilio_signature
 from jitterline.protocols.twilio import TwilioDialect
 from jitterline.server import Credentials
+from serve_testkit import WAIT_S, serving
 
 TOKEN = "twilio-auth-token-for-tests"
 CALL_SID = "CA0123456789abcdef0123456789abcdef"

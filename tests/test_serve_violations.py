@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+
 from serve_testkit import WAIT_S, Served, Wire, serving, whole_session
 
 GOOD_SESSIONS = 10

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from .diagnosis import diagnose
-from .frames import Stats
-from .server.shell import InboundServer, ServedSession, Totals
+from .frames import FrameCounts, Stats
+from .server.shell import InboundServer, ServedSession, Totals, add_counts
 
 __all__ = ["ServeStatus", "SessionRow", "rank", "render"]
 
@@ -32,9 +32,15 @@ class SessionRow:
     session_id: str
     channel: str
     verdict: str
-    received: int
-    late_rate: float
-    loss_rate: float
+    frames: FrameCounts
+
+    @property
+    def late_rate(self) -> float:
+        return self.frames.late_rate
+
+    @property
+    def loss_rate(self) -> float:
+        return self.frames.loss_rate
 
     @property
     def badness(self) -> tuple[int, float]:
@@ -43,7 +49,7 @@ class SessionRow:
     def line(self) -> str:
         name = f"{self.session_id}/{self.channel}" if self.channel else self.session_id
         return (
-            f"  {name}: {self.verdict}, {self.received} frames, "
+            f"  {name}: {self.verdict}, {self.frames.received} frames, "
             f"late {self.late_rate:.1%}, loss {self.loss_rate:.1%}"
         )
 
@@ -59,14 +65,11 @@ def rows(sessions: Iterable[ServedSession]) -> list[SessionRow]:
 
 
 def _row(name: str, stats: Stats) -> SessionRow:
-    frames = stats.frames
     return SessionRow(
         session_id=name,
         channel=stats.channel,
         verdict=diagnose(stats).verdict,
-        received=frames.received,
-        late_rate=frames.late_rate,
-        loss_rate=frames.loss_rate,
+        frames=stats.frames,
     )
 
 
@@ -85,16 +88,18 @@ def render(
     worst: int = 3,
     every_session: bool = False,
 ) -> list[str]:
-    """The status lines: totals, then the worst sessions (or every one on request)."""
+    """The status lines: totals (frames of the completed sessions and the running ones'
+    latest snapshots), then the worst sessions (or every one on request)."""
     frames = totals.frames
-    running = [row.received for row in session_rows]
+    for row in session_rows:
+        frames = add_counts(frames, row.frames)
     refused = sum(totals.refused.values())
     state = "draining" if draining else "serving"
     lines = [
         f"jitterline serve: {state} | sessions {active} active, {totals.completed} completed, "
         f"{totals.probes} probes, {totals.failed} failed, {refused} refused | frames "
-        f"{frames.received + sum(running)} received, {frames.played} played, "
-        f"{frames.late} late, {frames.lost} lost (completed)"
+        f"{frames.received} received, {frames.played} played, {frames.late} late, "
+        f"{frames.lost} lost"
     ]
     shown = sorted(session_rows, key=lambda row: row.session_id) if every_session else None
     picked = shown if shown is not None else rank(session_rows, worst)

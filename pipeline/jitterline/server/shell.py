@@ -38,14 +38,14 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from ..config import PipelineConfig
-from ..frames import AudioFrame, FrameCounts, Message, Stats
+from ..frames import AudioFrame, ConnectionStats, FrameCounts, Message, Stats
 from ..protocols import Dialect
 from ..runtime import Connection, Finished, Runtime
 from .config import GENESYS_DIALECTS, ServeOptions
 from .gate import Decision, Gate
 from .report import SessionIdentity, SummaryWriter, session_summary
 
-__all__ = ["InboundServer", "ServedSession", "Totals"]
+__all__ = ["InboundServer", "ServedSession", "Totals", "add_counts"]
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +66,17 @@ class Totals:
     frames: FrameCounts = field(default_factory=FrameCounts)
 
     def add_frames(self, counts: FrameCounts) -> None:
-        self.frames = FrameCounts(
-            **{
-                name: getattr(self.frames, name) + getattr(counts, name)
-                for name in FrameCounts.__dataclass_fields__
-            }
-        )
+        self.frames = add_counts(self.frames, counts)
+
+
+def add_counts(first: FrameCounts, second: FrameCounts) -> FrameCounts:
+    """Field by field: the accounting identity holds for the sum when it holds for both."""
+    return FrameCounts(
+        **{
+            name: getattr(first, name) + getattr(second, name)
+            for name in FrameCounts.__dataclass_fields__
+        }
+    )
 
 
 class ServedSession:
@@ -272,7 +277,7 @@ class InboundServer:
         finally:
             await _stop(writer)
             connection.connection_lost()
-            self._ended(session, connection.finish())
+            self._ended(session, connection.finish(ConnectionStats(attempts=1)), clock())
             self._admitted.discard(ws)
             del self.sessions[session.number]
             if not self.sessions:
@@ -292,7 +297,7 @@ class InboundServer:
             close_timeout_s=self.options.close_timeout_s,
         )
 
-    def _ended(self, session: ServedSession, finished: Finished) -> None:
+    def _ended(self, session: ServedSession, finished: Finished, ended_s: float) -> None:
         identity = session.identity
         if not session.opened:
             self.totals.failed += 1
@@ -305,7 +310,9 @@ class InboundServer:
         self.totals.completed += 1
         for stats, diagnosis in finished.finals:
             self.totals.add_frames(stats.frames)
-            self.writer.write(session_summary(stats, diagnosis, identity, run=self.run))
+            summary = session_summary(stats, diagnosis, identity, run=self.run)
+            summary["stream"]["duration_s"] = round(ended_s - session.started_s, 3)
+            self.writer.write(summary)
 
 
 async def _write(ws: ServerConnection, outgoing: asyncio.Queue[str | bytes | None]) -> None:
