@@ -62,6 +62,15 @@ class Served:
     def totals(self) -> Totals:
         return self.call(lambda: replace(self.server.totals))
 
+    def totals_when(self, predicate: Callable[[Totals], bool]) -> Totals:
+        """Wait (bounded) until the counters satisfy ``predicate``: a session's handler
+        may still be ending when its client has seen the socket close."""
+        deadline = time.monotonic() + WAIT_S
+        while not predicate(totals := self.totals()):
+            assert time.monotonic() < deadline, f"counters stayed at {totals}"
+            time.sleep(0.02)
+        return totals
+
     def active(self) -> int:
         return self.call(lambda: len(self.server.sessions))
 

@@ -99,3 +99,16 @@ def test_bad_twilio_signature_gets_403(tmp_path: Path, case: str, headers: Any) 
         refused = sum(served.totals().refused.values())
     assert status == 403, case
     assert refused == 1
+
+
+def test_a_socket_that_never_starts_a_stream_is_closed(tmp_path: Path) -> None:
+    async def silent(url: str) -> int | None:
+        async with connect(url, open_timeout=WAIT_S) as ws:
+            await asyncio.wait_for(ws.wait_closed(), WAIT_S)
+            return ws.close_code
+
+    with serving(tmp_path, dialect="twilio", open_timeout_s=0.5) as served:
+        code = asyncio.run(silent(served.url))
+        totals = served.totals_when(lambda t: t.failed == 1)
+    assert code == 1008
+    assert totals.completed == 0

@@ -112,7 +112,7 @@ class Gate:
                 headers,
                 method="GET",
                 path=target,
-                authority=self._public_authority(headers, secure),
+                authority=self._public_authority(headers),
                 keys=credentials.api_keys,
                 now_wall_s=now_wall_s,
             )
@@ -145,9 +145,9 @@ class Gate:
             scheme = "ws"
         else:
             scheme = "wss" if secure else "ws"
-        return f"{scheme}://{self._public_authority(headers, secure)}"
+        return f"{scheme}://{self._public_authority(headers)}"
 
-    def _public_authority(self, headers: list[tuple[str, str]], secure: bool) -> str:
+    def _public_authority(self, headers: list[tuple[str, str]]) -> str:
         if self._options.public_url:
             return self._options.public_url.split("://", 1)[-1].split("/", 1)[0]
         forwarded = _header(headers, "x-forwarded-host").split(",")[0].strip()

@@ -261,10 +261,14 @@ class InboundServer:
         )
         session.connection = connection
         self.sessions[session.number] = session
-        writer = asyncio.get_running_loop().create_task(_write(ws, outgoing))
+        loop = asyncio.get_running_loop()
+        writer = loop.create_task(_write(ws, outgoing))
+        guard: asyncio.TimerHandle | None = None
         try:
             proto.connection_made(clock())
             connection.flush()
+            if proto.next_deadline_s() is None:
+                guard = loop.call_later(self.options.open_timeout_s, self._unopened, ws, session)
             if self.draining:
                 connection.end("completed")
             async for data in ws:
@@ -275,6 +279,8 @@ class InboundServer:
             log.exception("session %s failed; closing it", connection.info.stream_id)
             await ws.close(1011, "internal error")
         finally:
+            if guard is not None:
+                guard.cancel()
             await _stop(writer)
             connection.connection_lost()
             self._ended(session, connection.finish(ConnectionStats(attempts=1)), clock())
@@ -282,6 +288,16 @@ class InboundServer:
             del self.sessions[session.number]
             if not self.sessions:
                 self._idle.set()
+
+    def _unopened(self, ws: ServerConnection, session: ServedSession) -> None:
+        """The open timeout of a protocol without one of its own (Twilio has no timer: a
+        peer that upgrades and never sends ``start`` would hold its slot forever)."""
+        if session.opened:
+            return
+        log.info(
+            "session %d: no stream start within %g s", session.number, self.options.open_timeout_s
+        )
+        asyncio.get_running_loop().create_task(ws.close(1008, "no stream start"))
 
     def _protocol(self, headers: Iterable[tuple[str, str]]) -> Dialect:
         """A server-role protocol object; AudioHook's takes the upgrade's session and
