@@ -200,3 +200,27 @@ def test_a_key_without_secret_accepts_unsigned_sessions(tmp_path: Path) -> None:
     with serving(tmp_path, credentials=Credentials(api_keys=KEYS)) as served:
         asyncio.run(unsigned(served.url))
         assert served.totals().refused == {}
+
+
+def test_drain_closes_a_session_that_ignores_disconnect_after_the_timeout(
+    tmp_path: Path,
+) -> None:
+    async def deaf_client(served: Served) -> tuple[str, int | None, str]:
+        client = await Genesys.connect(served.url)
+        await client.open()
+        await client.audio(2)
+        draining = asyncio.wrap_future(served.ioloop.run(served.server.drain()))
+        data = await asyncio.wait_for(client.ws.recv(), WAIT_S)  # never answered
+        await client.closed()
+        await asyncio.wait_for(draining, WAIT_S)
+        assert isinstance(data, str)
+        return client.session_id, client.ws.close_code, data
+
+    with serving(tmp_path, drain_timeout_s=0.5) as served:
+        session_id, code, disconnect = asyncio.run(deaf_client(served))
+        summaries = served.summaries(by_session(session_id), 2)
+
+    assert '"disconnect"' in disconnect
+    assert '"completed"' in disconnect
+    assert code == 1001
+    assert all(doc["frames"]["received"] == 2 for doc in summaries)
