@@ -44,7 +44,9 @@ def check(
 @pytest.mark.parametrize("path", ["/health", "/health/check"])
 def test_health_is_200_then_503_while_draining(path: str) -> None:
     g = gate(path="/audiohook")
-    assert (check(g, path).status, check(g, path, draining=True).status) == (200, 503)
+    serving, draining = check(g, path), check(g, path, draining=True)
+    assert (serving.status, draining.status) == (200, 503)
+    assert not (serving.refused or draining.refused)  # a health check is no session
 
 
 def test_path_is_a_prefix_since_audio_connector_appends_its_id() -> None:
@@ -59,6 +61,7 @@ def test_draining_and_full_answer_503_with_retry_after() -> None:
     g = gate(max_sessions=2, retry_after_s=7)
     draining = g.check(target="/", headers=[], secure=False, draining=True, now_wall_s=0.0)
     assert (draining.status, draining.headers) == (503, (("Retry-After", "7"),))
+    assert draining.refused
     assert g.capacity(1).accepted
     full = g.capacity(2)
     assert (full.status, full.reason, full.headers) == (

@@ -42,7 +42,8 @@ Headers = Iterable[tuple[str, str]]
 @dataclass(frozen=True, slots=True)
 class Decision:
     """``status`` 101 lets the upgrade go on; anything else is the HTTP answer, sent
-    ``delay_s`` after the request. ``reason`` is safe to log and count (no secrets)."""
+    ``delay_s`` after the request. ``reason`` is safe to log and count (no secrets);
+    ``refused`` says whether it turned a session away (not a health check, not a 404)."""
 
     status: int
     reason: str
@@ -53,6 +54,10 @@ class Decision:
     @property
     def accepted(self) -> bool:
         return self.status == 101
+
+    @property
+    def refused(self) -> bool:
+        return self.status >= 400 and self.reason not in ("health", "not_found")
 
 
 ACCEPT = Decision(101, "accepted")
@@ -78,11 +83,9 @@ class Gate:
         """``target``: the request target as received (path and query)."""
         path = target.partition("?")[0]
         if path in HEALTH_PATHS:
-            return (
-                Decision(503, "draining", "draining\n")
-                if draining
-                else Decision(200, "ok", "ok\n")
-            )
+            if draining:
+                return Decision(503, "health", "draining\n")
+            return Decision(200, "health", "ok\n")
         if not self._routed(path):
             return Decision(404, "not_found", f"no WebSocket endpoint at {path}\n")
         if draining:

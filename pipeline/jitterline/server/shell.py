@@ -235,7 +235,7 @@ class InboundServer:
         return None
 
     def _respond(self, connection: ServerConnection, decision: Decision) -> Response:
-        if decision.status >= 400 and decision.reason not in ("not_found",):
+        if decision.refused:
             self.totals.refused[decision.reason] += 1
             log.info("upgrade refused (%d %s)", decision.status, decision.reason)
         response = connection.respond(decision.status, decision.body)
