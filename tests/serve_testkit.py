@@ -147,9 +147,10 @@ class Genesys:
         probe: bool = False,
         media: Any = STEREO,
         headers: dict[str, str] | None = None,
+        dialect: type[AudioHookDialect] = AudioHookDialect,
     ) -> Genesys:
         session_id = session_id or str(uuid.uuid4())
-        proto = AudioHookDialect(
+        proto = dialect(
             role="client",
             session_id=session_id,
             organization_id=ORG,

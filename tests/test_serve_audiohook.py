@@ -14,6 +14,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from jitterline import AudioFrame, StreamInfo, hookimpl
+from jitterline.protocols.audioconnector import AudioConnectorDialect
 from jitterline.protocols.signatures import parse_api_keys
 from jitterline.server import Credentials
 from serve_testkit import (
@@ -224,3 +225,26 @@ def test_drain_closes_a_session_that_ignores_disconnect_after_the_timeout(
     assert '"completed"' in disconnect
     assert code == 1001
     assert all(doc["frames"]["received"] == 2 for doc in summaries)
+
+
+def test_audio_connector_session_under_its_connector_path(tmp_path: Path) -> None:
+    async def bot_call(url: str) -> tuple[str, list[str]]:
+        client = await Genesys.connect(
+            url, media=(("PCMU", ("external",)),), dialect=AudioConnectorDialect
+        )
+        await client.open()
+        assert isinstance(client.proto, AudioConnectorDialect)
+        assert client.proto.send_dtmf("5")
+        await client.audio(4)
+        await client.close()
+        return client.session_id, [type(event).__name__ for event in client.events]
+
+    with serving(tmp_path, dialect="audioconnector", path="/connector") as served:
+        session_id, events = asyncio.run(bot_call(served.url + "/0b6f1c2e-connector"))
+        [summary] = served.summaries(by_session(session_id), 1)
+
+    assert events[0] == "StreamOpened"
+    assert summary["stream"]["channel"] == "external"
+    assert summary["stream"]["dialect"] == "audioconnector"
+    assert summary["frames"]["received"] == 4
+    assert summary["frames"]["balanced"] is True
