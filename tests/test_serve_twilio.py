@@ -14,7 +14,7 @@ from websockets.exceptions import InvalidStatus
 from jitterline.protocols.signatures import twilio_signature
 from jitterline.protocols.twilio import TwilioDialect
 from jitterline.server import Credentials
-from serve_testkit import WAIT_S, serving
+from serve_testkit import WAIT_S, Served, serving
 
 TOKEN = "twilio-auth-token-for-tests"
 CALL_SID = "CA0123456789abcdef0123456789abcdef"
@@ -112,3 +112,42 @@ def test_a_socket_that_never_starts_a_stream_is_closed(tmp_path: Path) -> None:
         totals = served.totals_when(lambda t: t.failed == 1)
     assert code == 1008
     assert totals.completed == 0
+
+
+async def received(served: Served, frames: int) -> None:
+    """Until a running session's snapshot shows ``frames`` received (the server read
+    them), so a drain cannot overtake audio still in the socket."""
+
+    def seen() -> bool:
+        snapshots = [
+            stats
+            for session in served.server.sessions.values()
+            for stats in session.latest.values()
+        ]
+        return any(stats.frames.received >= frames for stats in snapshots)
+
+    while not served.call(seen):
+        await asyncio.sleep(0.02)
+
+
+def test_drain_closes_a_twilio_stream_and_writes_its_summaries(tmp_path: Path) -> None:
+    async def streaming(served: Served) -> int | None:
+        proto = TwilioDialect(role="client", stream_sid="MZ0000000000000000000000000000005")
+        async with connect(served.url, open_timeout=WAIT_S) as ws:
+            proto.connection_made(0.0)
+            for _ in range(5):
+                proto.send_audio(bytes(160))
+            for data in proto.data_to_send():
+                await ws.send(data)
+            await asyncio.wait_for(received(served, 5), WAIT_S)
+            draining = asyncio.wrap_future(served.ioloop.run(served.server.drain()))
+            await asyncio.wait_for(ws.wait_closed(), WAIT_S)
+            await asyncio.wait_for(draining, WAIT_S)
+            return ws.close_code
+
+    with serving(tmp_path, dialect="twilio") as served:
+        code = asyncio.run(streaming(served))
+        [summary] = served.summaries(lambda doc: True, 1)
+    assert code == 1000
+    assert summary["stream"]["channel"] == "inbound"
+    assert summary["frames"]["received"] == 5
