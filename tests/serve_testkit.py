@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import ssl
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -96,7 +97,8 @@ def serving(
     )
     try:
         port = ioloop.run(server.start()).result(WAIT_S)
-        yield Served(server, ioloop, f"ws://127.0.0.1:{port}{settings.path}", path)
+        scheme = "wss" if settings.certfile else "ws"
+        yield Served(server, ioloop, f"{scheme}://127.0.0.1:{port}{settings.path}", path)
     finally:
         ioloop.run(server.close()).result(WAIT_S)
         ioloop.stop()
@@ -148,6 +150,7 @@ class Genesys:
         media: Any = STEREO,
         headers: dict[str, str] | None = None,
         dialect: type[AudioHookDialect] = AudioHookDialect,
+        tls: ssl.SSLContext | None = None,
     ) -> Genesys:
         session_id = session_id or str(uuid.uuid4())
         proto = dialect(
@@ -160,7 +163,7 @@ class Genesys:
         )
         upgrade = {"Audiohook-Organization-Id": ORG, "Audiohook-Session-Id": session_id}
         ws = await connect(
-            url, additional_headers={**upgrade, **(headers or {})}, open_timeout=WAIT_S
+            url, additional_headers={**upgrade, **(headers or {})}, open_timeout=WAIT_S, ssl=tls
         )
         client = cls(ws, proto)
         proto.connection_made(now())

@@ -28,6 +28,7 @@ from serve_testkit import (
     signed_headers,
     whole_session,
 )
+from transport_testkit import SELF_SIGNED_PEM, tls_client_context
 
 API_KEY = "jitterline-test-key"
 SECRET = b"a client secret of 32 bytes!!!!!"
@@ -248,3 +249,21 @@ def test_audio_connector_session_under_its_connector_path(tmp_path: Path) -> Non
     assert summary["stream"]["dialect"] == "audioconnector"
     assert summary["frames"]["received"] == 4
     assert summary["frames"]["balanced"] is True
+
+
+def test_a_session_over_tls_with_certfile_and_keyfile(tmp_path: Path) -> None:
+    pem = tmp_path / "server.pem"
+    pem.write_text(SELF_SIGNED_PEM, encoding="utf-8")
+
+    async def secure(url: str) -> str:
+        client = await Genesys.connect(url, tls=tls_client_context(tmp_path))
+        await client.open()
+        await client.audio(2)
+        await client.close()
+        return client.session_id
+
+    with serving(tmp_path, certfile=str(pem), keyfile=str(pem)) as served:
+        assert served.url.startswith("wss://")
+        session_id = asyncio.run(secure(served.url))
+        summaries = served.summaries(by_session(session_id), 2)
+    assert all(doc["frames"]["received"] == 2 for doc in summaries)

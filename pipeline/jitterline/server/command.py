@@ -127,7 +127,8 @@ def serve(args: argparse.Namespace, host: PluginHost, config: PipelineConfig) ->
     with _stop_on_sigterm() as stop:
         _wait(stop)
     print("jitterline serve: draining", file=sys.stderr, flush=True)
-    runtime.ioloop.run(server.drain()).result(options.drain_timeout_s + _DRAIN_MARGIN_S)
+    drain_limit_s = options.drain_timeout_s + options.close_timeout_s + _DRAIN_MARGIN_S
+    runtime.ioloop.run(server.drain()).result(drain_limit_s)
     if status is not None:
         runtime.ioloop.run(status.stop()).result(_START_TIMEOUT_S)
     return 0

@@ -136,7 +136,8 @@ class ServeOptions:
             )
         if not self.path.startswith("/"):
             raise ConfigError(f"path {self.path!r} must start with '/', e.g. /audiohook")
-        checks.count("port", self.port, low=0, hint="0 picks a free port")
+        checks.count("port", self.port, low=0, high=65535, hint="0 picks a free port")
+        checks.count("retry_after_s", self.retry_after_s, low=0, hint="try 5")
         checks.count("max_sessions", self.max_sessions, low=1, hint="try 500")
         for name in ("drain_timeout_s", "handshake_timeout_s", "open_timeout_s"):
             checks.number(name, getattr(self, name), low=0.0, above=True, unit="s")

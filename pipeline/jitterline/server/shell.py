@@ -51,8 +51,7 @@ log = logging.getLogger(__name__)
 
 _CLOSE = None
 """Put on a session's outgoing queue: close the WebSocket after what came before."""
-_FORCED_CLOSE_S = 2.0
-"""How long a session still running after the drain timeout gets for a 1001 close."""
+_CLOSE_MARGIN_S = 1.0
 
 
 @dataclass(slots=True)
@@ -193,8 +192,10 @@ class InboundServer:
         """Stop listening and close what is left with 1001 (going away)."""
         if self._server is not None:
             self._server.close()
+            # websockets waits up to close_timeout_s for each 1001 closing handshake.
+            limit_s = self.options.close_timeout_s + _CLOSE_MARGIN_S
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), _FORCED_CLOSE_S)
+                await asyncio.wait_for(self._server.wait_closed(), limit_s)
         self.writer.close()
 
     def _ssl_context(self) -> ssl.SSLContext | None:
