@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jitterline.errors import ConfigError
 from jitterline.frames import FrameCounts
@@ -180,3 +182,27 @@ def test_status_shows_totals_and_only_the_worst_sessions() -> None:
     ]
     assert rank(rows, 10)[-1].session_id == "jittery"
     assert len(render(totals, len(rows), rows, every_session=True)) == 1 + len(rows)
+
+
+HEADER_NAMES = st.sampled_from(
+    ["X-API-KEY", "Signature", "Signature-Input", "Host", "X-Forwarded-Host",
+     "X-Forwarded-Proto", "X-Twilio-Signature", "Audiohook-Session-Id"]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    dialect=st.sampled_from(["audiohook", "twilio"]),
+    target=st.text(max_size=40),
+    headers=st.lists(st.tuples(HEADER_NAMES | st.text(max_size=12), st.text(max_size=60))),
+    draining=st.booleans(),
+)
+def test_any_request_gets_a_decision_never_an_exception(
+    dialect: str, target: str, headers: list[tuple[str, str]], draining: bool
+) -> None:
+    credentials = Credentials(api_keys=KEYS, twilio_token="token")
+    g = gate(dialect=dialect, credentials=credentials)
+    decision = check(g, target, headers, draining)
+    # With credentials configured, made-up headers never pass.
+    assert decision.status in (200, 401, 403, 404, 503)
+    assert decision.refused == (decision.status in (401, 403, 503) and decision.reason != "health")
