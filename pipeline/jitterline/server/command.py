@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 
+from .. import checks
 from ..config import PipelineConfig
 from ..errors import ConfigError
 from ..plugins import PluginHost
@@ -98,6 +99,7 @@ def serve(args: argparse.Namespace, host: PluginHost, config: PipelineConfig) ->
         keyfile=args.keyfile,
     )
     options.check_exposure()
+    checks.number("--status-every", args.status_every, low=0.0, above=True, unit="s")
     runtime = Runtime(host)
     run = {"command": "serve", "dialect": options.dialect, "path": options.path}
     server = InboundServer(runtime, options, config, writer=SummaryWriter(args.json), run=run)
