@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -79,7 +80,7 @@ def whole_chain(batch: list[Message], host: PluginHost) -> None:
     for message in batch:
         scheduler.schedule_absolute(
             scheduler.to_datetime(message.arrival_s),
-            lambda *_, m=message: source.on_next(m),  # type: ignore[misc]
+            lambda *_, m=message: source.on_next(m),
         )
     scheduler.schedule_absolute(
         scheduler.to_datetime(batch[-1].arrival_s + 0.5), lambda *_: source.on_completed()
@@ -104,9 +105,9 @@ def run(quick: bool = False) -> dict[str, float]:
     results: dict[str, float] = {}
     for codec in ("L16", "PCMU"):
         batch = messages(n, codec)
-        base = best_of(repeats, lambda b=batch: floor(b))  # type: ignore[misc]
-        proc = best_of(repeats, lambda b=batch: processor(b, host))  # type: ignore[misc]
-        full = best_of(repeats, lambda b=batch: whole_chain(b, host))  # type: ignore[misc]
+        base = best_of(repeats, functools.partial(floor, batch))
+        proc = best_of(repeats, functools.partial(processor, batch, host))
+        full = best_of(repeats, functools.partial(whole_chain, batch, host))
         suffix = "" if codec == "L16" else "_pcmu"
         results[f"per_frame_ratio{suffix}"] = full / base
         results[f"processor_ratio{suffix}"] = proc / base

@@ -199,9 +199,8 @@ def largest_held(url: str, measure: Any, steps: Sequence[int], window_s: float) 
     for n in steps:
         p99, accounted = measure(url, n, window_s)
         ok = p99 <= LAG_LIMIT_MS and accounted
-        print(
-            f"  N={n:4d}  p99 lag {p99:8.1f} ms  accounted={accounted}  {'held' if ok else 'NOT held'}"
-        )
+        verdict = "held" if ok else "NOT held"
+        print(f"  N={n:4d}  p99 lag {p99:8.1f} ms  accounted={accounted}  {verdict}")
         if not ok:
             break
         held = n

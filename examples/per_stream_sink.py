@@ -84,7 +84,7 @@ def caller(stream_id: str, talking: int, scheduler: HistoricalScheduler) -> Subj
             codec="PCMU",
         )
         message = Message(text, at)
-        scheduler.schedule_relative(at, lambda *_, m=message: subject.on_next(m))  # type: ignore[misc]
+        scheduler.schedule_relative(at, lambda *_, m=message: subject.on_next(m))
     scheduler.schedule_relative(2.5, lambda *_: subject.on_completed())
     return subject
 

@@ -34,7 +34,7 @@ def stream(index: int, scheduler: HistoricalScheduler) -> Subject[Message]:
             payload, seq=seq, capture_wall_s=1e9 + seq * FRAME_S, sent_wall_s=1e9 + at
         )
         message = Message(text, at)
-        scheduler.schedule_relative(at, lambda *_, m=message: subject.on_next(m))  # type: ignore[misc]
+        scheduler.schedule_relative(at, lambda *_, m=message: subject.on_next(m))
     scheduler.schedule_relative(start + 1.2, lambda *_: subject.on_completed())
     return subject
 

@@ -33,8 +33,7 @@ from jitterline import (
     stages,
 )
 from jitterline.frames import ArrivalMeasure, Event, StreamInfo
-from jitterline.protocols import DialectFactory, Role
-from jitterline.protocols import twilio
+from jitterline.protocols import DialectFactory, Role, twilio
 from jitterline.protocols.appfoundry import AppFoundryDialect, audio_chunk_message
 
 START_S = 1.0

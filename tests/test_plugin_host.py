@@ -89,3 +89,14 @@ def test_an_unknown_name_to_disable_is_warned_about(
         PluginHost(load_entrypoints=True)
 
     assert any("nosuch" in r.getMessage() for r in caplog.records)
+
+
+def test_the_summary_counts_failures_per_plugin() -> None:
+    from jitterline.diagnosis import diagnose
+    from jitterline.frames import Stats
+    from jitterline.summary import summarize
+
+    stats = Stats(at_s=1.0)
+    summary = summarize(stats, diagnose(stats), plugin_failures={"flaky": 3})
+
+    assert summary["plugins"] == {"failures": {"flaky": 3}}

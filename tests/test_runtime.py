@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -104,7 +105,7 @@ def test_snapshots_every_millisecond_over_a_5000_frame_window_never_race_the_fra
 
 
 @pytest.fixture(autouse=True)
-def no_thread_left_behind() -> None:
+def no_thread_left_behind() -> Iterator[None]:
     before = {t.name for t in threading.enumerate()}
     yield
     time.sleep(0.1)

@@ -205,7 +205,9 @@ def _report(args: argparse.Namespace, result: RunResult, run: dict[str, Any]) ->
         diagnosis = result.diagnosis
         print(f"diagnosis: {diagnosis.verdict}: {diagnosis.summary}", file=sys.stderr)
         print(f"action: {diagnosis.action}", file=sys.stderr)
-        _write_summary(args, render(summarize(result.stats, diagnosis, run=run)))
+        failures = result.plugin_failures
+        summary = summarize(result.stats, diagnosis, run=run, plugin_failures=failures)
+        _write_summary(args, render(summary))
     if result.outcome is not None:
         print(f"jitterline: error: {result.outcome}", file=sys.stderr)
     elif result.interrupted:

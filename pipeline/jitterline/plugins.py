@@ -88,6 +88,7 @@ class PluginHost:
             self.pm.set_blocked(name)
         self.broken: dict[str, str] = {}
         self._dists: dict[str, str] = {}
+        self._impls: dict[str, tuple[tuple[str, Callable[..., object], tuple[str, ...]], ...]] = {}
         if load_entrypoints:
             self._load_entrypoints()
         for plugin in plugins:
@@ -146,6 +147,7 @@ class PluginHost:
                     "wrapper=True / hookwrapper=True and handle the call directly"
                 )
         self.pm.register(plugin, name=name)
+        self._impls.clear()
 
     def _collect_registrations(self) -> None:
         hook = self.pm.hook
@@ -166,15 +168,27 @@ class PluginHost:
 
     def unregister(self, plugin: object) -> None:
         self.pm.unregister(plugin)
+        self._impls.clear()
 
     def notify(self, hook_name: str, **kwargs: Any) -> None:
-        """Call every implementation of a notification hook, isolating failures."""
-        caller = getattr(self.pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):
+        """Call every implementation of a notification hook, isolating failures.
+
+        Runs per frame and per stream, so each hook's implementations (most recently
+        registered first, as pluggy orders them) are looked up once and cached until the
+        set of plugins changes."""
+        impls = self._impls.get(hook_name)
+        if impls is None:
+            caller = getattr(self.pm.hook, hook_name)
+            impls = tuple(
+                (impl.plugin_name, impl.function, tuple(impl.argnames))
+                for impl in reversed(caller.get_hookimpls())
+            )
+            self._impls[hook_name] = impls
+        for plugin_name, function, argnames in impls:
             try:
-                impl.function(*[kwargs[arg] for arg in impl.argnames])
+                function(*[kwargs[arg] for arg in argnames])
             except Exception:
-                self._failed(impl.plugin_name, hook_name)
+                self._failed(plugin_name, hook_name)
 
     def _failed(self, plugin_name: str, hook_name: str) -> None:
         key = (plugin_name, hook_name)

@@ -31,14 +31,22 @@ def _num(value: float | None) -> float | None:
 
 
 def summarize(
-    stats: Stats, diagnosis: Diagnosis, *, run: Mapping[str, Any] | None = None
+    stats: Stats,
+    diagnosis: Diagnosis,
+    *,
+    run: Mapping[str, Any] | None = None,
+    plugin_failures: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The summary of a final snapshot and its diagnosis (see docs/cli.md for each key)."""
+    """The summary of a final snapshot and its diagnosis (see docs/cli.md for each key).
+
+    ``plugin_failures`` counts, per plugin, the calls that raised during the run (the
+    stream went on; see ``PluginHost.failures_by_plugin``)."""
     frames, latency, buffer = stats.frames, stats.latency, stats.buffer
     connection = stats.connection
     return {
         "schema_version": SCHEMA_VERSION,
         "stream_id": stats.stream_id,
+        "channel": stats.channel,
         "duration_s": _num(stats.at_s),
         "frames": {
             "received": frames.received,
@@ -87,6 +95,7 @@ def summarize(
             "action": diagnosis.action,
             "summary": diagnosis.summary,
         },
+        "plugins": {"failures": dict(plugin_failures or {})},
         "run": dict(run or {}),
     }
 

@@ -306,8 +306,16 @@ TRACES: dict[str, Callable[[random.Random, float], Trace]] = {
 """Every trace model by name, in the order the benchmark prints them."""
 
 OUTAGE_FREE = frozenset(
-    {"steady", "wifi", "burst_loss", "route_change", "congestion", "drift_fast", "drift_slow",
-     "silence"}
+    {
+        "steady",
+        "wifi",
+        "burst_loss",
+        "route_change",
+        "congestion",
+        "drift_fast",
+        "drift_slow",
+        "silence",
+    }
 )
 """The traces without outages, reconnects or restarts: where a policy must reach 1 % late
 loss at no more than the oracle's delay."""
