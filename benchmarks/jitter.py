@@ -129,7 +129,8 @@ def _frame(trace: Trace, seq: int, media_ms: float, arrival_s: float, send_s: fl
 
 
 def simulate(trace: Trace, policy: BufferPolicy) -> Result:
-    adjuster = BufferAdjuster(policy, min_ms=0.0, max_ms=1000.0, start_ms=policy.update.__self__.target_ms if hasattr(policy, "target_ms") else 80.0)  # type: ignore[attr-defined]
+    start_ms = float(getattr(policy, "target_ms", 80.0))  # the policy's own start
+    adjuster = BufferAdjuster(policy, min_ms=0.0, max_ms=1000.0, start_ms=start_ms)
     buffer = JitterBuffer(target_delay_ms=adjuster.target_ms)
     window = LatencyWindow()
     events = list(trace.events)

@@ -102,7 +102,9 @@ Recovery rules (each logged at INFO where it fires)
     (``current_delay_ms``, the delay above the reference) toward the goal
     (``target_delay_ms``) by at most ``max_step_ms``, i.e. the next slot is scheduled that
     much later or earlier; frames are never cut. A negative step never shortens a slot
-    below half its frame. While nothing is scheduled the new delay applies at once.
+    below half its frame. While nothing is scheduled the new delay applies at once, and so
+    does a higher one while the buffer waits on an empty slot (``STARVED``): the slots it
+    moves are silent anyway, and the frames still to come turn from late to on time.
 
 Stream events
     ``pause(now)``: the protocol announced the sender stops (AudioHook ``paused``, hold).
@@ -444,6 +446,11 @@ class JitterBuffer:
             hint="the adjuster should clamp its target",
         )
         if self._offset_ms is None:
+            self._current_ms = self._target_ms
+        elif self._starved and self._target_ms > self._current_ms:
+            # The slots this moves are silent anyway: the frames still to come turn from
+            # late to on time at no cost, where a glide would leave them late.
+            self._offset_ms += self._target_ms - self._current_ms
             self._current_ms = self._target_ms
 
     def push(self, frame: AudioFrame) -> list[AudioFrame]:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, TypeAlias
 
 __all__ = [
@@ -260,12 +260,11 @@ def _reconnect(rng: random.Random, duration_s: float, *, resumed: bool) -> Trace
 def _restart(rng: random.Random, duration_s: float) -> Trace:
     jitter = _gamma_jitter(rng, 8.0, 2.0, 0.5)
     restart_s = duration_s / 2
-    packets = []
-    for packet in _packets(duration_s, lambda t: 35.0 + jitter(t)):
-        if packet.send_s >= restart_s:
-            seq = packet.seq - int(restart_s * 1000 / FRAME_MS)
-            packet = Packet(seq, seq * FRAME_MS, packet.send_s, packet.arrival_s)
-        packets.append(packet)
+    first = int(restart_s * 1000 / FRAME_MS)
+    packets = [
+        p if p.seq < first else replace(p, seq=p.seq - first, media_ms=(p.seq - first) * FRAME_MS)
+        for p in _packets(duration_s, lambda t: 35.0 + jitter(t))
+    ]
     return Trace("restart", 0, tuple(packets))
 
 
@@ -306,8 +305,16 @@ TRACES: dict[str, Callable[[random.Random, float], Trace]] = {
 """Every trace model by name, in the order the benchmark prints them."""
 
 OUTAGE_FREE = frozenset(
-    {"steady", "wifi", "burst_loss", "route_change", "congestion", "drift_fast", "drift_slow",
-     "silence"}
+    {
+        "steady",
+        "wifi",
+        "burst_loss",
+        "route_change",
+        "congestion",
+        "drift_fast",
+        "drift_slow",
+        "silence",
+    }
 )
 """The traces without outages, reconnects or restarts: where a policy must reach 1 % late
 loss at no more than the oracle's delay."""
@@ -330,6 +337,5 @@ def _in_order(packets: tuple[Packet, ...]) -> tuple[Packet, ...]:
     for packet in sorted(packets, key=lambda p: p.send_s):
         if packet.arrival_s is not None:
             latest_s = max(latest_s, packet.arrival_s)
-            packet = Packet(packet.seq, packet.media_ms, packet.send_s, latest_s)
-        ordered.append(packet)
+        ordered.append(packet if packet.arrival_s is None else replace(packet, arrival_s=latest_s))
     return tuple(ordered)
