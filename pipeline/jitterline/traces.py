@@ -290,6 +290,8 @@ def _silence(rng: random.Random, duration_s: float) -> Trace:
     seq, at_s = 0, 0.0
     while at_s < duration_s:
         spurt_end_s = at_s + rng.expovariate(1 / 1.5)
+        if spurt_end_s > duration_s - 5.0:  # end on speech, so the trace lasts its length
+            spurt_end_s = duration_s
         while at_s < min(spurt_end_s, duration_s):
             packets.append(Packet(seq, at_s * 1000, at_s, at_s + (35 + jitter(at_s)) / 1000))
             seq, at_s = seq + 1, at_s + FRAME_MS / 1000
