@@ -213,3 +213,10 @@ def test_json_form_has_exactly_the_summary_keys() -> None:
     assert as_json["evidence"] == result.evidence
     assert as_json["evidence"] is not result.evidence
     assert isinstance(result, Diagnosis)
+
+
+def test_jitter_beats_late_and_the_summary_gives_the_late_rate() -> None:
+    result = diagnose(snapshot(played=950, late=50, jitter_ms=30.0))
+    assert result.verdict == "network_jitter"
+    assert "5.0% of frames came too late to play" in result.summary
+    assert "too late" not in diagnose(snapshot(jitter_ms=30.0)).summary

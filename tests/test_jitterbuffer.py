@@ -445,7 +445,7 @@ def test_clock_drift_neither_drains_nor_fills_the_buffer(drift_ppm: float) -> No
 
     assert buffer.counts() == FrameCounts(received=30_000, played=30_000)
     waits = [wait_ms(f) for f in emitted]
-    assert min(waits) >= 40.0 - 1.0
+    assert min(waits) >= 40.0 - 1.5  # the schedule follows a rising reference in 1 ms steps
     assert max(waits) <= 40.0 + 1.0
 
 

@@ -10,12 +10,13 @@ found" must not pass for "nothing looked at".
 3. ``insufficient_data``: fewer than ``min_frames`` (25) audio frames received, or none
    with a delay measured: too little to tell jitter from chance.
 4. ``loss``: loss rate (frames never received / frames expected) >= ``loss_rate`` (0.03).
-5. ``late``: late rate (frames that arrived after their slot, plus frames dropped to catch
-   up after an outage, over frames expected) >= ``late_rate`` (0.03): the buffer is too
-   small for the network, or outages keep cutting the audio; the listener hears gaps
-   although every frame arrived.
-6. ``network_jitter``: RFC 3550 jitter >= ``jitter_ms`` (20 ms), or the delay spread
-   (relative delay p95 - p50) >= ``delay_spread_ms`` (60 ms).
+5. ``network_jitter``: RFC 3550 jitter >= ``jitter_ms`` (20 ms), or the delay spread
+   (relative delay p95 - p50) >= ``delay_spread_ms`` (60 ms). The summary adds the late
+   rate when it reached ``late_rate``: jitter is then why frames came late.
+6. ``late``: late rate (frames that arrived after their slot, plus frames dropped to catch
+   up after an outage, over frames expected) >= ``late_rate`` (0.03) on a link whose
+   jitter is low: outages and reconnects cut the audio (or a fixed buffer is too small);
+   the listener hears gaps although every frame arrived.
 7. ``server_delay``: server_ms >= ``server_ms`` (150 ms), where server_ms is the larger of
    the sender's processing p50 and ``latency p50 - RTT / 2`` (whichever are measured; RTT
    counts 0 when unknown). The latency window's smoothed RTT is used, else the
@@ -183,13 +184,13 @@ def _verdict(evidence: dict[str, float], limits: Thresholds) -> Verdict:
         return "insufficient_data"
     if evidence["loss_rate"] >= limits.loss_rate:
         return "loss"
-    if evidence["late_rate"] + evidence["discarded_rate"] >= limits.late_rate:
-        return "late"
     if (
         evidence["jitter_rfc3550_ms"] >= limits.jitter_ms
         or evidence.get("delay_spread_ms", 0.0) >= limits.delay_spread_ms
     ):
         return "network_jitter"
+    if _late_share(evidence) >= limits.late_rate:
+        return "late"
     if evidence.get("server_ms", 0.0) >= limits.server_ms:
         return "server_delay"
     needed_ms = evidence["needed_ms"]
@@ -197,6 +198,10 @@ def _verdict(evidence: dict[str, float], limits: Thresholds) -> Verdict:
     if evidence["buffer_target_ms"] >= excess_ms:
         return "client_buffering"
     return "healthy"
+
+
+def _late_share(evidence: dict[str, float]) -> float:
+    return evidence["late_rate"] + evidence["discarded_rate"]
 
 
 def _summary(verdict: Verdict, evidence: dict[str, float], limits: Thresholds) -> str:
@@ -227,10 +232,13 @@ def _summary(verdict: Verdict, evidence: dict[str, float], limits: Thresholds) -
             f"(limit {limits.loss_rate:.1%})."
         )
     if verdict == "network_jitter":
+        late = ""
+        if _late_share(e) >= limits.late_rate:
+            late = f"; {_late_share(e):.1%} of frames came too late to play"
         return (
             f"Audio is late because of network jitter: RFC 3550 jitter "
             f"{e['jitter_rfc3550_ms']:.1f} ms, delay p95-p50 spread "
-            f"{e.get('delay_spread_ms', 0.0):.0f} ms."
+            f"{e.get('delay_spread_ms', 0.0):.0f} ms{late}."
         )
     if verdict == "server_delay":
         return (

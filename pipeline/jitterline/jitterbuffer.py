@@ -17,7 +17,8 @@ Playout clock
     (arrival minus media time) since the last anchor, which may creep up with clock drift
     but does not forget a route's floor. When a faster frame lowers it, the schedule is
     that much later than the goal and glides (or catches up, below) back to it; when drift
-    raises it, the schedule glides later. So the playout delay is ``reference + target``
+    raises it, the schedule glides later, in steps of whole milliseconds (so a short
+    stream's playout times stay exactly those of its slots). So the playout delay is ``reference + target``
     whatever frame happened to anchor the clock, clock drift of +-100 ppm never drains or
     fills the buffer, and the latency window, which keeps the same reference, hands the
     adjuster delays measured against what the buffer schedules by.
@@ -173,6 +174,7 @@ _MAX_DELAY_MS = 10_000.0
 _MAX_STEP_MS = 1_000.0
 _MAX_FRAMES = 1_000_000
 _MEDIA_SLACK_MS = 1.0  # media-clock gaps up to this are rounding, not idle time
+_REFERENCE_STEP_MS = 1.0  # the schedule follows a rising reference in steps this big
 _SILENCE_BYTE = {"PCMU": 0xFF, "PCMA": 0xD5}
 
 
@@ -337,6 +339,7 @@ class JitterBuffer:
         self._idle_s = 0.0
         self._debug = logger.isEnabledFor(logging.DEBUG)
         self._reference = DelayReference()
+        self._reference_used_ms: float | None = None  # the reference the schedule follows
         # Buffer: seq -> frame, a min-heap of the same seqs, the highest of them, their ms.
         self._frames: dict[int, AudioFrame] = {}
         self._heap: list[int] = []
@@ -669,18 +672,27 @@ class JitterBuffer:
 
     def _follow_reference(self, frame: AudioFrame) -> None:
         """Keep the reference the latency window keeps; a move of the reference moves the
-        schedule's delay above it, never the schedule itself."""
+        schedule's delay above it, never the schedule itself. Falls count at once; rises
+        (clock drift, at most ``REFERENCE_RISE_PPM``) in whole ``_REFERENCE_STEP_MS``, so
+        a schedule is not nudged by microseconds on every frame (a playout time is then
+        exact to the arithmetic of its slots for any stream shorter than two seconds)."""
         arrival_ms, media_ms = frame.arrival_s * 1000.0, frame.media_ms
         if not (math.isfinite(arrival_ms) and math.isfinite(media_ms)):
             return
         reference = self._reference
-        before_ms, jumped_ms = reference.ms, reference.jumped_ms
+        jumped_ms = reference.jumped_ms
         reference.observe(arrival_ms, media_ms, rebase=self._last_reanchored)
-        after_ms = reference.ms
-        moved = before_ms is not None and after_ms is not None
-        if moved and jumped_ms == reference.jumped_ms and self._offset_ms is not None:
-            assert before_ms is not None and after_ms is not None
-            self._current_ms -= after_ms - before_ms
+        now_ms = reference.ms
+        assert now_ms is not None
+        used_ms = self._reference_used_ms
+        self._reference_used_ms = now_ms
+        if used_ms is None or jumped_ms != reference.jumped_ms:
+            return
+        moved_ms = now_ms - used_ms
+        if 0 < moved_ms < _REFERENCE_STEP_MS:
+            self._reference_used_ms = used_ms  # a rise too small to act on: wait for more
+        elif self._offset_ms is not None:
+            self._current_ms -= moved_ms
 
     def _trace(self, kind: str, frame: AudioFrame) -> None:
         if self._debug:
