@@ -18,10 +18,11 @@ Playout clock
     but does not forget a route's floor. When a faster frame lowers it, the schedule is
     that much later than the goal and glides (or catches up, below) back to it; when drift
     raises it, the schedule glides later, in steps of whole milliseconds (so a short
-    stream's playout times stay exactly those of its slots). So the playout delay is ``reference + target``
-    whatever frame happened to anchor the clock, clock drift of +-100 ppm never drains or
-    fills the buffer, and the latency window, which keeps the same reference, hands the
-    adjuster delays measured against what the buffer schedules by.
+    stream's playout times stay exactly those of its slots). So the playout delay is
+    ``reference + target`` whatever frame happened to anchor the clock, clock drift of
+    +-100 ppm never drains or fills the buffer, and the latency window, which keeps the
+    same reference, hands the adjuster delays measured against what the buffer schedules
+    by.
 
 ``push(frame)``
     First advances the clock to ``frame.arrival_s`` exactly as ``pop_due(frame.arrival_s)``
