@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from jitterline.errors import ConfigError
 from jitterline.frames import AudioFrame, BufferStats, FrameCounts
 from jitterline.jitterbuffer import JitterBuffer
+from jitterline.latency import LatencyWindow
 
 FRAME_MS = 20.0
 
@@ -762,3 +763,26 @@ def check_counts(buffer: JitterBuffer, emitted: list[AudioFrame], now_s: float) 
     assert played_at == sorted(played_at)
     assert all(t <= now_s for t in played_at)
     assert buffer.wait_stats().idle_s >= 0.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 300), st.integers(0, 3000), st.integers(-2000, 2000)),
+        max_size=80,
+    )
+)
+def test_buffer_and_latency_window_keep_the_same_delay_reference(
+    steps: list[tuple[int, int, int]],
+) -> None:
+    """Restarts, jumps, outages and media steps in any order: fed the buffer's outcome and
+    re-anchor flag, the window measures against exactly the buffer's reference."""
+    buffer, window = small_buffer(), LatencyWindow()
+    now_ms = 0
+    for seq, dt_ms, media_shift_ms in steps:
+        now_ms += dt_ms
+        frame = make_frame(seq, now_ms / 1000, media_ms=seq * FRAME_MS + media_shift_ms)
+        buffer.push(frame)
+        measure = window.observe(frame, buffer.last_outcome, rebase=buffer.last_reanchored)
+        assert window.reference_ms == buffer.reference_ms
+        assert measure.outcome == buffer.last_outcome

@@ -29,8 +29,11 @@ POLICIES: dict[str, Callable[[], BufferPolicy]] = {
     "adaptive": AdaptivePolicy,
     "threshold": ThresholdPolicy,
     "fixed20": lambda: FixedPolicy(20.0),
+    "fixed100": lambda: FixedPolicy(100.0),
     "fixed200": lambda: FixedPolicy(200.0),
 }
+"""The built-in policies and the benchmark's fixed references (the benchmark itself checks
+the identity for its NetEq-like reference too)."""
 
 
 @pytest.fixture(scope="module", params=list(TRACES))

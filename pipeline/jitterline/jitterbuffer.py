@@ -395,6 +395,12 @@ class JitterBuffer:
         return self._closed
 
     @property
+    def reference_ms(self) -> float | None:
+        """The delay reference's transit now: the latency window fed the same frames with
+        ``last_reanchored`` as ``rebase`` holds the same value."""
+        return self._reference.ms
+
+    @property
     def last_outcome(self) -> ArrivalOutcome:
         """What the last ``push`` did with its frame."""
         return self._last_outcome
