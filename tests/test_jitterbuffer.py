@@ -555,6 +555,8 @@ def test_close_first_plays_what_is_due() -> None:
         ({"max_step_ms": 0.0}, "max_step_ms=0.0"),
         ({"conceal": "noise"}, "conceal='noise'"),
         ({"late_memory": -1}, "late_memory=-1"),
+        ({"outage_ms": 0.0}, "outage_ms=0.0"),
+        ({"catchup_ms": -5.0}, "catchup_ms=-5.0"),
     ],
 )
 def test_bad_configuration_is_refused_with_the_value_and_limit(
