@@ -788,3 +788,19 @@ def test_buffer_and_latency_window_keep_the_same_delay_reference(
         measure = window.observe(frame, buffer.last_outcome, rebase=buffer.last_reanchored)
         assert window.reference_ms == buffer.reference_ms
         assert measure.outcome == buffer.last_outcome
+
+
+def test_a_deep_target_cut_glides_and_never_drops_a_frame() -> None:
+    buffer = JitterBuffer(target_delay_ms=400.0)
+    emitted = feed(buffer, [on_time(k) for k in range(50)])
+    buffer.set_target_delay(40.0)
+    emitted += feed(buffer, [on_time(k) for k in range(50, 300)]) + buffer.pop_due(10.0)
+
+    assert buffer.counts() == FrameCounts(received=300, played=300)
+    assert seqs(emitted) == list(range(300))
+    spacings = [
+        round(((b.playout_s or 0) - (a.playout_s or 0)) * 1000, 6)
+        for a, b in itertools.pairwise(emitted)
+    ]
+    assert min(spacings) == 15.0  # 5 ms per slot, 72 slots
+    assert wait_ms(emitted[-1]) == pytest.approx(40.0)

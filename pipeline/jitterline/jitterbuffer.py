@@ -88,10 +88,11 @@ Recovery rules (each logged at INFO where it fires)
     frame would otherwise be late by the outage), a media-clock step. Below it, late frames
     are late, as they must be for the late-loss figures to mean anything.
 
-    ``catchup_ms`` (100 ms): when the schedule is that far above its goal (held frames
-    delivered in a burst after an outage lowered the reference, a target cut), the oldest
-    buffered frames are dropped at the next slot, counted ``discarded``, until it is within
-    one frame of the goal: the delay is back in one slot, not after a glide of seconds.
+    ``catchup_ms`` (100 ms): when the schedule is that far above its goal because the
+    reference fell under it (held frames delivered in a burst after an outage, a route
+    change down), the oldest buffered frames are dropped at the next slot, counted
+    ``discarded``, until it is within one frame of the goal: the delay is back in one slot,
+    not after a glide of seconds. A target cut never drops a frame; it glides.
 
     Media-clock jumps: a media gap is idle time only as far as the frame's arrival bears it
     out: its slot is never put later than its arrival plus the current delay plus
@@ -341,6 +342,7 @@ class JitterBuffer:
         self._debug = logger.isEnabledFor(logging.DEBUG)
         self._reference = DelayReference()
         self._reference_used_ms: float | None = None  # the reference the schedule follows
+        self._behind_ms = 0.0  # delay above the goal that a fall of the reference caused
         # Buffer: seq -> frame, a min-heap of the same seqs, the highest of them, their ms.
         self._frames: dict[int, AudioFrame] = {}
         self._heap: list[int] = []
@@ -651,6 +653,7 @@ class JitterBuffer:
         self._anchor_s = frame.arrival_s
         self._current_ms = self._target_ms
         self._offset_ms = self._target_ms
+        self._behind_ms = 0.0
         self._next_seq = frame.seq
         self._expect_media_ms = frame.media_ms
         self._prestart = True
@@ -700,6 +703,7 @@ class JitterBuffer:
             self._reference_used_ms = used_ms  # a rise too small to act on: wait for more
         elif self._offset_ms is not None:
             self._current_ms -= moved_ms
+            self._behind_ms = max(0.0, self._behind_ms - moved_ms)
 
     def _trace(self, kind: str, frame: AudioFrame) -> None:
         if self._debug:
@@ -748,7 +752,7 @@ class JitterBuffer:
         if not self._frames:
             self._run_dry(slot_s)
             return None
-        if self._current_ms - self._target_ms > self._catchup_ms:
+        if self._catchup_due_ms() > self._catchup_ms:
             self._catch_up()
         self._skip_big_gap()
         frame = self._frames.get(self._next_seq)
@@ -792,25 +796,31 @@ class JitterBuffer:
     def _catch_up(self) -> None:
         """``catchup_ms``: drop the oldest buffered frames until the delay is back within a
         frame of the goal, keeping at least one frame to play now."""
+        over_ms = self._catchup_due_ms()
         dropped = 0
         while len(self._frames) > 1 and self._next_seq in self._frames:
             frame = self._frames[self._next_seq]
-            if self._current_ms - frame.duration_ms < self._target_ms:
+            if self._catchup_due_ms() < frame.duration_ms:
                 break
             self._take(self._next_seq)
             self._tally.discarded += 1
             self._next_seq += 1
             self._expect_media_ms = frame.media_ms + frame.duration_ms
             self._current_ms -= frame.duration_ms
+            self._behind_ms -= frame.duration_ms
             dropped += 1
         if dropped:
             logger.info(
                 "stream %s: delay %.0f ms over its %.0f ms target; %d oldest frames dropped",
                 self._frames[self._heap[0]].stream_id,
-                self._current_ms - self._target_ms + dropped * self._cadence_ms(),
+                over_ms,
                 self._target_ms,
                 dropped,
             )
+
+    def _catchup_due_ms(self) -> float:
+        """How far the schedule is above its goal because the reference fell under it."""
+        return min(self._behind_ms, self._current_ms - self._target_ms)
 
     def _skip_big_gap(self) -> None:
         lowest = self._heap[0]
@@ -876,6 +886,7 @@ class JitterBuffer:
         step = self._glide_step(self._current_ms, duration_ms)
         wanted = self._target_ms - self._current_ms
         self._current_ms = self._target_ms if step == wanted else self._current_ms + step
+        self._behind_ms = max(0.0, self._behind_ms + min(step, 0.0))
         self._offset_ms += duration_ms + step
 
     def _stop_clock(self) -> None:
