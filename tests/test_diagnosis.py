@@ -220,3 +220,9 @@ def test_jitter_beats_late_and_the_summary_gives_the_late_rate() -> None:
     assert result.verdict == "network_jitter"
     assert "5.0% of frames came too late to play" in result.summary
     assert "too late" not in diagnose(snapshot(jitter_ms=30.0)).summary
+
+
+def test_server_delay_beats_late_and_the_summary_gives_the_late_rate() -> None:
+    result = diagnose(snapshot(played=950, late=50, processing_p50_ms=300.0))
+    assert result.verdict == "server_delay"
+    assert "5.0% of frames came too late to play" in result.summary

@@ -11,17 +11,17 @@ found" must not pass for "nothing looked at".
    with a delay measured: too little to tell jitter from chance.
 4. ``loss``: loss rate (frames never received / frames expected) >= ``loss_rate`` (0.03).
 5. ``network_jitter``: RFC 3550 jitter >= ``jitter_ms`` (20 ms), or the delay spread
-   (relative delay p95 - p50) >= ``delay_spread_ms`` (60 ms). The summary adds the late
-   rate when it reached ``late_rate``: jitter is then why frames came late.
-6. ``late``: late rate (frames that arrived after their slot, plus frames dropped to catch
-   up after an outage, over frames expected) >= ``late_rate`` (0.03) on a link whose
-   jitter is low: outages and reconnects cut the audio (or a fixed buffer is too small);
-   the listener hears gaps although every frame arrived.
-7. ``server_delay``: server_ms >= ``server_ms`` (150 ms), where server_ms is the larger of
+   (relative delay p95 - p50) >= ``delay_spread_ms`` (60 ms).
+6. ``server_delay``: server_ms >= ``server_ms`` (150 ms), where server_ms is the larger of
    the sender's processing p50 and ``latency p50 - RTT / 2`` (whichever are measured; RTT
    counts 0 when unknown). The latency window's smoothed RTT is used, else the
    connection's. Reaching this step means jitter was low, so the delay is steady: added
    before the audio was sent, not on the way.
+7. ``late``: late rate (frames that arrived after their slot, plus frames dropped to catch
+   up after an outage, over frames expected) >= ``late_rate`` (0.03) on a link with low
+   jitter and no server delay: outages and reconnects cut the audio (or a fixed buffer is
+   too small); the listener hears gaps although every frame arrived. When an earlier
+   verdict wins, its summary still gives the late rate if it reached the limit.
 8. ``client_buffering``: the buffer target >= max(``buffer_ratio`` (2) x needed,
    needed + ``buffer_headroom_ms`` (100 ms)), where needed = relative delay p95 (0 when
    unmeasured) + one frame (``frame_ms``, 20 ms): the buffer holds far more than the
@@ -189,10 +189,10 @@ def _verdict(evidence: dict[str, float], limits: Thresholds) -> Verdict:
         or evidence.get("delay_spread_ms", 0.0) >= limits.delay_spread_ms
     ):
         return "network_jitter"
-    if _late_share(evidence) >= limits.late_rate:
-        return "late"
     if evidence.get("server_ms", 0.0) >= limits.server_ms:
         return "server_delay"
+    if _late_share(evidence) >= limits.late_rate:
+        return "late"
     needed_ms = evidence["needed_ms"]
     excess_ms = max(limits.buffer_ratio * needed_ms, needed_ms + limits.buffer_headroom_ms)
     if evidence["buffer_target_ms"] >= excess_ms:
@@ -231,10 +231,10 @@ def _summary(verdict: Verdict, evidence: dict[str, float], limits: Thresholds) -
             f"Audio has gaps because of packet loss: {e['loss_rate']:.1%} of frames lost "
             f"(limit {limits.loss_rate:.1%})."
         )
+    late = ""
+    if _late_share(e) >= limits.late_rate:
+        late = f"; {_late_share(e):.1%} of frames came too late to play"
     if verdict == "network_jitter":
-        late = ""
-        if _late_share(e) >= limits.late_rate:
-            late = f"; {_late_share(e):.1%} of frames came too late to play"
         return (
             f"Audio is late because of network jitter: RFC 3550 jitter "
             f"{e['jitter_rfc3550_ms']:.1f} ms, delay p95-p50 spread "
@@ -244,7 +244,7 @@ def _summary(verdict: Verdict, evidence: dict[str, float], limits: Thresholds) -
         return (
             f"Audio is late because of server-side delay: about {e['server_ms']:.0f} ms "
             f"is added before sending, while RFC 3550 jitter is only "
-            f"{e['jitter_rfc3550_ms']:.1f} ms."
+            f"{e['jitter_rfc3550_ms']:.1f} ms{late}."
         )
     if verdict == "client_buffering":
         return (
