@@ -109,7 +109,7 @@ Recovery rules (each logged at INFO where it fires)
     does a higher one while the buffer waits on an empty slot (``STARVED``): the slots it
     moves are silent anyway, and the frames still to come turn from late to on time.
 
-Stream events
+Stream events (each first advances the clock to ``now`` and returns what fell due)
     ``pause(now)``: the protocol announced the sender stops (AudioHook ``paused``, hold).
     Buffered frames still play at their slots; then the clock stops and the time until the
     next frame is idle. The next frame re-anchors, so it plays at its arrival plus the
