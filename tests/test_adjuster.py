@@ -8,16 +8,18 @@ from collections.abc import Callable
 import pytest
 
 from jitterline.adjuster import (
+    DEFAULT_POLICY,
     AdaptivePolicy,
     BufferAdjuster,
     BufferPolicy,
     FixedPolicy,
+    GoalPolicy,
     ThresholdPolicy,
     builtin_policies,
     make_policy,
 )
 from jitterline.errors import ConfigError
-from jitterline.frames import ArrivalMeasure, AudioFrame, BufferStats
+from jitterline.frames import ArrivalMeasure, ArrivalOutcome, AudioFrame, BufferStats
 from jitterline.latency import LatencyWindow
 from jitterline.registry import Registry
 
@@ -25,16 +27,22 @@ FRAMES_PER_INTERVAL = 25  # 500 ms of 20 ms frames
 
 
 def measure(
-    arrival_s: float, *, jitter_ms: float = 0.0, relative_delay_ms: float = 0.0
+    arrival_s: float,
+    *,
+    jitter_ms: float = 0.0,
+    relative_delay_ms: float = 0.0,
+    outcome: ArrivalOutcome = "buffered",
+    interarrival_ms: float = 20.0,
 ) -> ArrivalMeasure:
     return ArrivalMeasure(
         arrival_s=arrival_s,
         seq=round(arrival_s / 0.020),
         frame_ms=20.0,
-        interarrival_ms=20.0,
+        interarrival_ms=interarrival_ms,
         transit_delta_ms=0.0,
         jitter_ms=jitter_ms,
         relative_delay_ms=relative_delay_ms,
+        outcome=outcome,
     )
 
 
@@ -179,10 +187,12 @@ def test_adjuster_rejects_min_above_max() -> None:
         BufferAdjuster(FixedPolicy(), min_ms=500.0, max_ms=100.0)
 
 
-def test_registry_offers_the_three_builtins() -> None:
+def test_registry_offers_the_four_builtins_and_goal_is_the_default() -> None:
     registry = builtin_policies()
-    assert list(registry) == ["adaptive", "fixed", "threshold"]
+    assert list(registry) == ["adaptive", "fixed", "goal", "threshold"]
     assert isinstance(registry.get("adaptive")(), AdaptivePolicy)
+    assert DEFAULT_POLICY == "goal"
+    assert isinstance(make_policy(), GoalPolicy)
     assert builtin_policies() is not registry  # fresh per call: plugins cannot leak
 
 
@@ -193,7 +203,8 @@ def test_make_policy_uses_buffer_ms_as_target_or_start() -> None:
     assert make_policy("threshold", buffer_ms=70.0).update(measure(0.0, jitter_ms=30)) == 70.0
     assert make_policy("adaptive", buffer_ms=120.0).update(measure(0.0)) == 120.0
     assert make_policy("adaptive", buffer_ms=None).name == "adaptive"
-    with pytest.raises(ConfigError, match="known: adaptive, fixed, threshold"):
+    assert make_policy("goal", buffer_ms=120.0).update(measure(0.0)) == 120.0
+    with pytest.raises(ConfigError, match="known: adaptive, fixed, goal, threshold"):
         make_policy("neteq", buffer_ms=None)
 
 
@@ -205,3 +216,102 @@ def test_make_policy_reaches_a_plugin_registry() -> None:
     registry.register("steady", steady)
     policy = make_policy("steady", buffer_ms=None, registry=registry)
     assert policy.update(measure(0.0)) == 60.0
+
+
+# -- the goal policy ----------------------------------------------------------------------
+
+
+def steady_delays(count: int, start: int = 0) -> list[float]:
+    """0..9 ms of jitter in a fixed pattern, and 40 ms every 50th frame (2 %)."""
+    return [40.0 if (start + i) % 50 == 25 else float((start + i) * 7 % 10) for i in range(count)]
+
+
+def feed_goal(policy: GoalPolicy, delays: list[float], start: int = 0) -> float:
+    target = 0.0
+    for i, delay_ms in enumerate(delays, start):
+        target = policy.update(measure(i * 0.02, relative_delay_ms=delay_ms))
+    return target
+
+
+def test_goal_holds_the_quantile_that_keeps_late_loss_at_its_goal() -> None:
+    # 2 % of frames at 40 ms: a 1 % goal must cover them, a 5 % goal need not.
+    strict, loose = GoalPolicy(), GoalPolicy(late_goal=0.05, late_cost_ms=0.0)
+    assert feed_goal(strict, steady_delays(1000)) == 40.0 + 1.0  # plus the 1 ms margin
+    assert feed_goal(loose, steady_delays(1000)) == 9.0 + 1.0
+
+
+def test_goal_starts_at_its_start_target_and_covers_the_largest_delay_while_warming_up() -> None:
+    policy = GoalPolicy(start_ms=60.0)
+    assert policy.update(measure(0.0, relative_delay_ms=0.0)) == 60.0
+    assert policy.update(measure(0.02, relative_delay_ms=55.0)) == 75.0  # 55 + one frame
+
+
+def test_goal_lifts_the_target_at_once_on_a_late_frame_then_lets_it_decay() -> None:
+    policy = GoalPolicy(late_goal=0.05, late_cost_ms=0.0)
+    base = feed_goal(policy, steady_delays(1000))
+    assert base == 10.0
+    lifted = policy.update(measure(20.0, relative_delay_ms=30.0, outcome="late"))
+    assert lifted == 31.0  # its delay plus the margin, not a window's worth of evidence
+    later = feed_goal(policy, steady_delays(500, start=1001), start=1001)
+    assert later == base  # ten half-lives on
+
+
+def test_goal_stays_a_frame_ahead_of_a_ramp() -> None:
+    policy = GoalPolicy()
+    feed_goal(policy, steady_delays(1000))
+    targets = [
+        policy.update(measure((1000 + i) * 0.02, relative_delay_ms=41.0 + 0.5 * i))
+        for i in range(400)
+    ]
+    assert all(t >= 41.0 + 0.5 * i + 20.0 for i, t in enumerate(targets))
+
+
+def test_goal_keeps_an_outage_burst_out_of_its_window() -> None:
+    policy = GoalPolicy()
+    base = feed_goal(policy, steady_delays(1000))
+    # 2 s without audio, then the held frames all at once, 2000 ms down to 0 ms late.
+    policy.update(measure(22.0, relative_delay_ms=2000.0, interarrival_ms=2000.0))
+    for k in range(1, 100):
+        policy.update(measure(22.0 + k * 0.0005, relative_delay_ms=2000.0 - 20 * k))
+    assert feed_goal(policy, steady_delays(50, start=1100), start=1100) == base
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"late_goal": 0.0}, "late_goal"),
+        ({"window_frames": 0}, "window_frames"),
+        ({"late_cost_ms": -1.0}, "late_cost_ms"),
+        ({"late_half_life_frames": 0.0}, "late_half_life_frames"),
+        ({"outage_gap_ms": 0.0}, "outage_gap_ms"),
+    ],
+)
+def test_goal_rejects_bad_parameters(options: dict[str, float], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        GoalPolicy(**options)  # type: ignore[arg-type]
+
+
+def test_observe_played_reaches_a_policy_that_listens_for_underruns() -> None:
+    class CountsUnderruns:
+        name = "underruns"
+
+        def __init__(self) -> None:
+            self.target_ms = 40.0
+
+        def update(self, measure: ArrivalMeasure) -> float:
+            return self.target_ms
+
+        def played(self, frame: AudioFrame) -> float | None:
+            if not frame.concealed:
+                return None
+            self.target_ms += 20.0
+            return self.target_ms
+
+    def slot(concealed: bool) -> AudioFrame:
+        return AudioFrame("s", 0, 0.0, "PCMU", 8000, 1, b"", 20.0, 0.0, concealed=concealed)
+
+    listening = BufferAdjuster(CountsUnderruns(), max_ms=50.0)
+    assert listening.observe_played(slot(False)) is None
+    assert listening.observe_played(slot(True)) == 50.0  # 60, clamped
+    assert listening.target_ms == 50.0
+    assert BufferAdjuster(FixedPolicy(40.0)).observe_played(slot(True)) is None

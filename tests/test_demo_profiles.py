@@ -57,7 +57,15 @@ def test_profile_gives_its_verdict_and_replays_to_the_same_summary(
     assert frames["received"] > 100
     assert frames["received"] == sum(
         frames[name]
-        for name in ("played", "late", "duplicate", "overflow", "malformed", "unplayed")
+        for name in (
+            "played",
+            "late",
+            "duplicate",
+            "overflow",
+            "malformed",
+            "unplayed",
+            "discarded",
+        )
     )
     assert without_run(replayed) == without_run(live)
     assert replayed["run"]["recorded"]["profile"] == profile

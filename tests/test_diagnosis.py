@@ -16,7 +16,10 @@ def snapshot(
     frames: int = 500,
     played: int = 1000,
     lost: int = 0,
-    jitter_ms: float = 2.0,
+    late: int = 0,
+    discarded: int = 0,
+    malformed: int = 0,
+    jitter_ms: float | None = 2.0,
     delay_p50_ms: float | None = 5.0,
     delay_p95_ms: float | None = 20.0,
     latency_p50_ms: float | None = None,
@@ -27,7 +30,14 @@ def snapshot(
 ) -> Stats:
     return Stats(
         at_s=10.0,
-        frames=FrameCounts(received=played, played=played, lost=lost),
+        frames=FrameCounts(
+            received=played + late + discarded + malformed,
+            played=played,
+            late=late,
+            discarded=discarded,
+            malformed=malformed,
+            lost=lost,
+        ),
         latency=LatencyStats(
             frames=frames,
             jitter_rfc3550_ms=jitter_ms,
@@ -134,12 +144,48 @@ def test_each_threshold_fires_at_its_limit_not_below(
     assert diagnose(build(above)).verdict == verdict
 
 
-def test_too_few_frames_is_healthy_with_a_note() -> None:
-    result = diagnose(snapshot(frames=24, played=20, lost=10, jitter_ms=90.0))
-    assert result.verdict == "healthy"
-    assert result.evidence["frames"] == 24.0
-    assert result.summary.startswith("Too little data to judge: 24 frames")
-    assert diagnose(snapshot(frames=25, played=20, lost=10)).verdict == "loss"
+def test_too_few_frames_is_insufficient_data_never_healthy() -> None:
+    result = diagnose(snapshot(frames=24, played=24, jitter_ms=1.0))
+    assert result.verdict == "insufficient_data"
+    assert result.evidence["audio_frames"] == 24.0
+    assert result.summary.startswith("Too little data to judge: 24 audio frames")
+    assert diagnose(snapshot(frames=25, played=25)).verdict == "healthy"
+    assert diagnose(snapshot(played=25, jitter_ms=None)).verdict == "insufficient_data"
+
+
+def test_stream_without_a_frame_is_no_audio() -> None:
+    result = diagnose(snapshot(frames=0, played=0, jitter_ms=None))
+    assert result.verdict == "no_audio"
+    assert result.evidence["audio_frames"] == 0.0
+    assert "jitter_rfc3550_ms" not in result.evidence  # never measured: left out, not 0
+    assert "No audio" in result.summary
+
+
+def test_malformed_only_stream_is_malformed_with_the_count() -> None:
+    result = diagnose(snapshot(frames=0, played=0, malformed=300, jitter_ms=None))
+    assert result.verdict == "malformed"
+    assert result.evidence["malformed_rate"] == 1.0
+    assert "300 of 300 messages were malformed" in result.summary
+    assert diagnose(snapshot(played=600, malformed=400)).verdict == "healthy"
+    assert diagnose(snapshot(played=500, malformed=500)).verdict == "malformed"
+
+
+def test_high_late_rate_is_late_not_healthy() -> None:
+    # The reconnect of issue 10: 864 received, 363 played, 500 late.
+    result = diagnose(snapshot(played=363, late=500, target_ms=80.0))
+    assert result.verdict == "late"
+    assert result.evidence["late_rate"] == pytest.approx(500 / 863)
+    assert "57.9% late" in result.summary
+    assert "late" in result.action
+
+
+def test_frames_dropped_to_catch_up_count_toward_late() -> None:
+    assert diagnose(snapshot(played=970, late=15, discarded=15)).verdict == "late"
+    assert diagnose(snapshot(played=970, late=14, discarded=15)).verdict == "healthy"
+
+
+def test_loss_beats_late() -> None:
+    assert diagnose(snapshot(played=900, lost=50, late=50)).verdict == "loss"
 
 
 def test_unmeasured_delays_do_not_fire_rules() -> None:
@@ -167,3 +213,16 @@ def test_json_form_has_exactly_the_summary_keys() -> None:
     assert as_json["evidence"] == result.evidence
     assert as_json["evidence"] is not result.evidence
     assert isinstance(result, Diagnosis)
+
+
+def test_jitter_beats_late_and_the_summary_gives_the_late_rate() -> None:
+    result = diagnose(snapshot(played=950, late=50, jitter_ms=30.0))
+    assert result.verdict == "network_jitter"
+    assert "5.0% of frames came too late to play" in result.summary
+    assert "too late" not in diagnose(snapshot(jitter_ms=30.0)).summary
+
+
+def test_server_delay_beats_late_and_the_summary_gives_the_late_rate() -> None:
+    result = diagnose(snapshot(played=950, late=50, processing_p50_ms=300.0))
+    assert result.verdict == "server_delay"
+    assert "5.0% of frames came too late to play" in result.summary

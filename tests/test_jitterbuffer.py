@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from jitterline.errors import ConfigError
 from jitterline.frames import AudioFrame, BufferStats, FrameCounts
 from jitterline.jitterbuffer import JitterBuffer
+from jitterline.latency import LatencyWindow
 
 FRAME_MS = 20.0
 
@@ -445,7 +446,7 @@ def test_clock_drift_neither_drains_nor_fills_the_buffer(drift_ppm: float) -> No
 
     assert buffer.counts() == FrameCounts(received=30_000, played=30_000)
     waits = [wait_ms(f) for f in emitted]
-    assert min(waits) >= 40.0 - 1.0
+    assert min(waits) >= 40.0 - 1.5  # the schedule follows a rising reference in 1 ms steps
     assert max(waits) <= 40.0 + 1.0
 
 
@@ -554,6 +555,8 @@ def test_close_first_plays_what_is_due() -> None:
         ({"max_step_ms": 0.0}, "max_step_ms=0.0"),
         ({"conceal": "noise"}, "conceal='noise'"),
         ({"late_memory": -1}, "late_memory=-1"),
+        ({"outage_ms": 0.0}, "outage_ms=0.0"),
+        ({"catchup_ms": -5.0}, "catchup_ms=-5.0"),
     ],
 )
 def test_bad_configuration_is_refused_with_the_value_and_limit(
@@ -762,3 +765,42 @@ def check_counts(buffer: JitterBuffer, emitted: list[AudioFrame], now_s: float) 
     assert played_at == sorted(played_at)
     assert all(t <= now_s for t in played_at)
     assert buffer.wait_stats().idle_s >= 0.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 300), st.integers(0, 3000), st.integers(-2000, 2000)),
+        max_size=80,
+    )
+)
+def test_buffer_and_latency_window_keep_the_same_delay_reference(
+    steps: list[tuple[int, int, int]],
+) -> None:
+    """Restarts, jumps, outages and media steps in any order: fed the buffer's outcome and
+    re-anchor flag, the window measures against exactly the buffer's reference."""
+    buffer, window = small_buffer(), LatencyWindow()
+    now_ms = 0
+    for seq, dt_ms, media_shift_ms in steps:
+        now_ms += dt_ms
+        frame = make_frame(seq, now_ms / 1000, media_ms=seq * FRAME_MS + media_shift_ms)
+        buffer.push(frame)
+        measure = window.observe(frame, buffer.last_outcome, rebase=buffer.last_reanchored)
+        assert window.reference_ms == buffer.reference_ms
+        assert measure.outcome == buffer.last_outcome
+
+
+def test_a_deep_target_cut_glides_and_never_drops_a_frame() -> None:
+    buffer = JitterBuffer(target_delay_ms=400.0)
+    emitted = feed(buffer, [on_time(k) for k in range(50)])
+    buffer.set_target_delay(40.0)
+    emitted += feed(buffer, [on_time(k) for k in range(50, 300)]) + buffer.pop_due(10.0)
+
+    assert buffer.counts() == FrameCounts(received=300, played=300)
+    assert seqs(emitted) == list(range(300))
+    spacings = [
+        round(((b.playout_s or 0) - (a.playout_s or 0)) * 1000, 6)
+        for a, b in itertools.pairwise(emitted)
+    ]
+    assert min(spacings) == 15.0  # 5 ms per slot, 72 slots
+    assert wait_ms(emitted[-1]) == pytest.approx(40.0)

@@ -247,17 +247,17 @@ wall = st.none() | st.floats(allow_nan=True, allow_infinity=True) | st.floats(0,
 
 @settings(max_examples=200, deadline=None)
 @given(
-    st.lists(st.tuples(any_time, any_time, wall, wall, wall), max_size=60),
+    st.lists(st.tuples(any_time, any_time, wall, wall, wall, st.booleans()), max_size=60),
     st.integers(1, 20),
     any_time,
 )
 def test_arbitrary_times_never_raise_and_quantiles_are_monotone(
-    rows: list[tuple[float, float, float | None, float | None, float | None]],
+    rows: list[tuple[float, float, float | None, float | None, float | None, bool]],
     max_frames: int,
     now: float,
 ) -> None:
     window = LatencyWindow(max_frames=max_frames, max_age_s=5.0)
-    for seq, (arrival_s, media_ms, capture_s, sent_s, received_s) in enumerate(rows):
+    for seq, (arrival_s, media_ms, capture_s, sent_s, received_s, rebase) in enumerate(rows):
         measure = window.observe(
             frame(
                 seq,
@@ -266,8 +266,11 @@ def test_arbitrary_times_never_raise_and_quantiles_are_monotone(
                 capture_wall_s=capture_s,
                 sent_wall_s=sent_s,
                 received_wall_s=received_s,
-            )
+            ),
+            "late" if seq % 3 == 0 else "buffered",
+            rebase=rebase,
         )
+        assert measure.outcome == ("late" if seq % 3 == 0 else "buffered")
         assert math.isfinite(measure.jitter_ms)
         assert measure.relative_delay_ms >= 0
         assert len(window) <= max_frames

@@ -238,12 +238,16 @@ class GoalPolicy:
       late``: among delays at or above that quantile, the one minimising ``delay_ms +
       late_cost_ms x (late % in the window)``: when a few ms more would save half the
       remaining late frames it takes them, on a heavy tail it does not.
-    - **Late feedback.** Each frame the buffer files as ``late`` adds ``late_boost_ms``
-      to a bonus that decays with a half-life of ``boost_half_life_frames``: a burst of
-      late frames lifts the target at once, before the window's quantile has moved.
-    - **Fast start.** Until ``warmup_frames`` are in, the target is the largest delay seen
-      plus one frame (never below ``start_ms`` after the first frame is late), so the first
-      ramp of a congested link is covered, not learned from late frames.
+    - **Late feedback.** A frame the buffer files as ``late`` lifts the target at once to
+      its own delay plus ``margin_ms``, a floor that then decays with a half-life of
+      ``late_half_life_frames``: a level shift (a route change, a congestion ramp) costs
+      one late frame, not the dozens the window's quantile needs to move (the buffer, while
+      it waits on an empty slot, applies a higher target at once).
+    - **Fast start, and ramps.** Until ``warmup_frames`` are in, the target is the largest
+      delay seen plus one frame, at least ``start_ms``. After that, a frame slower than
+      every one in the window (a record) sets the same decaying floor at its delay plus
+      one frame: on a ramp (the first fill of a congested queue) every frame is a record,
+      so the target stays a frame ahead of it instead of learning it from late frames.
     - **Outages kept out.** A frame after an inter-arrival gap of ``outage_gap_ms`` or
       more opens an outage, and frames are left out of the window until one arrives within
       the target again: the held burst says nothing about the jitter to absorb (the buffer
@@ -259,58 +263,58 @@ class GoalPolicy:
     def __init__(
         self,
         *,
-        late_goal: float = 0.005,
-        window_frames: int = 500,
-        late_cost_ms: float = 20.0,
-        late_boost_ms: float = 10.0,
-        boost_half_life_frames: float = 50.0,
+        late_goal: float = 0.01,
+        window_frames: int = 1000,
+        late_cost_ms: float = 5.0,
+        late_half_life_frames: float = 50.0,
         warmup_frames: int = 50,
         start_ms: float = 40.0,
         outage_gap_ms: float = 300.0,
         margin_ms: float = 1.0,
     ) -> None:
         checks.number(
-            "late_goal", late_goal, low=0, high=1, above=True, below=True, hint="try 0.005"
+            "late_goal", late_goal, low=0, high=1, above=True, below=True, hint="try 0.01"
         )
-        checks.count("window_frames", window_frames, low=1, hint="try 500 (10 s of 20 ms)")
+        checks.count("window_frames", window_frames, low=1, hint="try 1000 (20 s of 20 ms)")
         checks.count("warmup_frames", warmup_frames, low=0, hint="try 50")
         for name, value, hint in (
-            ("late_cost_ms", late_cost_ms, "try 20 (ms per % late)"),
-            ("late_boost_ms", late_boost_ms, "try 10"),
+            ("late_cost_ms", late_cost_ms, "try 5 (ms per % late)"),
             ("start_ms", start_ms, "try 40"),
             ("margin_ms", margin_ms, "try 1"),
         ):
             checks.number(name, value, low=0, unit="ms", hint=hint)
         checks.number(
-            "boost_half_life_frames", boost_half_life_frames, low=0, above=True, hint="try 50"
+            "late_half_life_frames", late_half_life_frames, low=0, above=True, hint="try 50"
         )
         checks.number("outage_gap_ms", outage_gap_ms, low=0, above=True, unit="ms", hint="300")
         self.late_goal = late_goal
         self.late_cost_ms = late_cost_ms
-        self.late_boost_ms = late_boost_ms
         self.warmup_frames = warmup_frames
         self.outage_gap_ms = outage_gap_ms
         self.margin_ms = margin_ms
         self.target_ms = start_ms
         self._start_ms = start_ms
-        self._boost_keep = 0.5 ** (1.0 / boost_half_life_frames)
-        self._boost_ms = 0.0
+        self._late_keep = 0.5 ** (1.0 / late_half_life_frames)
+        self._late_floor_ms = 0.0
         self._recent: deque[float] = deque(maxlen=window_frames)
         self._sorted: list[float] = []
         self._in_outage = False
         self._base_ms = start_ms
 
     def update(self, measure: ArrivalMeasure) -> float:
-        self._boost_ms *= self._boost_keep
-        if measure.outcome == "late":
-            self._boost_ms += self.late_boost_ms
         delay_ms = measure.relative_delay_ms
+        self._late_floor_ms *= self._late_keep
+        if measure.outcome == "late" and math.isfinite(delay_ms):
+            self._late_floor_ms = max(self._late_floor_ms, delay_ms + self.margin_ms)
         if measure.outcome != "duplicate" and math.isfinite(delay_ms):
             if self._outage_continues(measure, delay_ms):
                 return self.target_ms
+            if self._sorted and delay_ms > self._sorted[-1]:
+                # A record: on a ramp every frame is one, so stay a frame ahead of it.
+                self._late_floor_ms = max(self._late_floor_ms, delay_ms + measure.frame_ms)
             self._add(delay_ms)
             self._base_ms = self._base_target_ms(measure.frame_ms)
-        self.target_ms = self._base_ms + self._boost_ms
+        self.target_ms = max(self._base_ms, self._late_floor_ms)
         return self.target_ms
 
     def _outage_continues(self, measure: ArrivalMeasure, delay_ms: float) -> bool:
@@ -333,7 +337,7 @@ class GoalPolicy:
         ordered = self._sorted
         count = len(ordered)
         if count < self.warmup_frames:
-            return max(ordered[-1] + frame_ms, self._start_ms if count > 1 else 0.0)
+            return max(ordered[-1] + frame_ms, self._start_ms)
         rank = max(1, math.ceil((1 - self.late_goal) * count))
         best_ms, best_cost = ordered[rank - 1], math.inf
         for index in range(rank - 1, count):

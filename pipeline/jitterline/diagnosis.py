@@ -1,29 +1,40 @@
 """Why is the audio late? One verdict, with the numbers behind it, from a ``Stats`` snapshot.
 
-The rule, checked in this order (the first that holds wins; defaults in ``Thresholds``):
+The rule, checked in this order (the first that holds wins; defaults in ``Thresholds``).
+The first three say that nothing can be judged, and are never ``healthy``: "no problem
+found" must not pass for "nothing looked at".
 
-0. Too little data: fewer than ``min_frames`` (25) frames in the latency window. The
-   verdict is ``healthy`` (nothing is known to be wrong), the summary says there is too
-   little data, and the evidence holds ``frames``.
-1. ``loss``: loss rate (frames never received / frames expected) >= ``loss_rate`` (0.03).
-2. ``network_jitter``: RFC 3550 jitter >= ``jitter_ms`` (20 ms), or the delay spread
+1. ``no_audio``: no frame was received at all (nor a malformed message).
+2. ``malformed``: at least ``malformed_rate`` (0.5) of what was received could not be
+   decoded (every message, for a stream of nothing but malformed input).
+3. ``insufficient_data``: fewer than ``min_frames`` (25) audio frames received, or none
+   with a delay measured: too little to tell jitter from chance.
+4. ``loss``: loss rate (frames never received / frames expected) >= ``loss_rate`` (0.03).
+5. ``network_jitter``: RFC 3550 jitter >= ``jitter_ms`` (20 ms), or the delay spread
    (relative delay p95 - p50) >= ``delay_spread_ms`` (60 ms).
-3. ``server_delay``: server_ms >= ``server_ms`` (150 ms), where server_ms is the larger of
+6. ``server_delay``: server_ms >= ``server_ms`` (150 ms), where server_ms is the larger of
    the sender's processing p50 and ``latency p50 - RTT / 2`` (whichever are measured; RTT
    counts 0 when unknown). The latency window's smoothed RTT is used, else the
    connection's. Reaching this step means jitter was low, so the delay is steady: added
    before the audio was sent, not on the way.
-4. ``client_buffering``: the buffer target >= max(``buffer_ratio`` (2) x needed,
+7. ``late``: late rate (frames that arrived after their slot, plus frames dropped to catch
+   up after an outage, over frames expected) >= ``late_rate`` (0.03) on a link with low
+   jitter and no server delay: outages and reconnects cut the audio (or a fixed buffer is
+   too small); the listener hears gaps although every frame arrived. When an earlier
+   verdict wins, its summary still gives the late rate if it reached the limit.
+8. ``client_buffering``: the buffer target >= max(``buffer_ratio`` (2) x needed,
    needed + ``buffer_headroom_ms`` (100 ms)), where needed = relative delay p95 (0 when
    unmeasured) + one frame (``frame_ms``, 20 ms): the buffer holds far more than the
    network's delay asks for.
-5. ``healthy``.
+9. ``healthy``.
 
 ``evidence`` holds every number the rules looked at that was measured (units in the names):
-``frames``, ``loss_rate``, ``jitter_rfc3550_ms``, ``delay_p50_ms``, ``delay_p95_ms``,
-``delay_spread_ms``, ``processing_p50_ms``, ``latency_p50_ms``, ``rtt_ms``, ``server_ms``,
-``buffer_target_ms``, ``needed_ms``. An earlier rule not firing is part of why a later
-verdict was given, so all of them are kept.
+``frames`` (in the latency window), ``audio_frames``, ``malformed``, ``malformed_rate``,
+``loss_rate``, ``late_rate``, ``discarded_rate``, ``jitter_rfc3550_ms``, ``delay_p50_ms``,
+``delay_p95_ms``, ``delay_spread_ms``, ``processing_p50_ms``, ``latency_p50_ms``,
+``rtt_ms``, ``server_ms``, ``buffer_target_ms``, ``needed_ms``. An earlier rule not firing
+is part of why a later verdict was given, so all of them are kept; a value never measured
+is left out rather than reported as 0.
 """
 
 from __future__ import annotations
@@ -38,7 +49,15 @@ from .frames import LatencyStats, Stats
 __all__ = ["Diagnosis", "Thresholds", "Verdict", "diagnose"]
 
 Verdict: TypeAlias = Literal[
-    "healthy", "network_jitter", "server_delay", "client_buffering", "loss"
+    "healthy",
+    "network_jitter",
+    "server_delay",
+    "client_buffering",
+    "loss",
+    "late",
+    "malformed",
+    "no_audio",
+    "insufficient_data",
 ]
 
 
@@ -48,7 +67,9 @@ class Thresholds:
     defaults, so change them only together."""
 
     min_frames: int = 25
+    malformed_rate: float = 0.5
     loss_rate: float = 0.03
+    late_rate: float = 0.03
     jitter_ms: float = 20.0
     delay_spread_ms: float = 60.0
     server_ms: float = 150.0
@@ -81,6 +102,13 @@ class Diagnosis:
 
 
 _ACTIONS: dict[Verdict, str] = {
+    "no_audio": "Check that the peer sends audio on this stream (its media format, the "
+    "channel asked for, whether it was muted or on hold the whole time).",
+    "malformed": "Check the dialect and codec the stream was opened with against what the "
+    "peer sends (the log names the first error of each kind).",
+    "insufficient_data": "Run longer: too few frames arrived to judge the network.",
+    "late": "Raise the buffer target (or use the goal policy) if the network is jittery, "
+    "or look for outages on the path if the late frames came in bursts.",
     "loss": "Check the network path for packet loss (Wi-Fi, VPN, a congested uplink); "
     "the jitter buffer can conceal gaps but not recover them.",
     "network_jitter": "Keep the adaptive buffer policy (or raise a fixed buffer to cover the "
@@ -106,11 +134,17 @@ def diagnose(stats: Stats, thresholds: Thresholds = Thresholds()) -> Diagnosis:
 
 
 def _evidence(stats: Stats, limits: Thresholds) -> dict[str, float]:
-    latency = stats.latency
+    latency, frames = stats.latency, stats.frames
     rtt_ms = stats.rtt_ms
+    expected = frames.played + frames.late + frames.lost + frames.discarded
     measured: dict[str, float | None] = {
         "frames": float(latency.frames),
-        "loss_rate": stats.frames.loss_rate,
+        "audio_frames": float(frames.received - frames.malformed),
+        "malformed": float(frames.malformed),
+        "malformed_rate": frames.malformed / frames.received if frames.received else None,
+        "loss_rate": frames.loss_rate,
+        "late_rate": frames.late_rate,
+        "discarded_rate": frames.discarded / expected if expected else 0.0,
         "jitter_rfc3550_ms": latency.jitter_rfc3550_ms,
         "delay_p50_ms": latency.delay_p50_ms,
         "delay_p95_ms": latency.delay_p95_ms,
@@ -142,8 +176,12 @@ def _server_ms(latency: LatencyStats, rtt_ms: float | None) -> float | None:
 
 
 def _verdict(evidence: dict[str, float], limits: Thresholds) -> Verdict:
-    if evidence["frames"] < limits.min_frames:
-        return "healthy"
+    if evidence["audio_frames"] == 0 and evidence["malformed"] == 0:
+        return "no_audio"
+    if evidence.get("malformed_rate", 0.0) >= limits.malformed_rate:
+        return "malformed"
+    if evidence["audio_frames"] < limits.min_frames or "jitter_rfc3550_ms" not in evidence:
+        return "insufficient_data"
     if evidence["loss_rate"] >= limits.loss_rate:
         return "loss"
     if (
@@ -153,6 +191,8 @@ def _verdict(evidence: dict[str, float], limits: Thresholds) -> Verdict:
         return "network_jitter"
     if evidence.get("server_ms", 0.0) >= limits.server_ms:
         return "server_delay"
+    if _late_share(evidence) >= limits.late_rate:
+        return "late"
     needed_ms = evidence["needed_ms"]
     excess_ms = max(limits.buffer_ratio * needed_ms, needed_ms + limits.buffer_headroom_ms)
     if evidence["buffer_target_ms"] >= excess_ms:
@@ -160,35 +200,57 @@ def _verdict(evidence: dict[str, float], limits: Thresholds) -> Verdict:
     return "healthy"
 
 
+def _late_share(evidence: dict[str, float]) -> float:
+    return evidence["late_rate"] + evidence["discarded_rate"]
+
+
 def _summary(verdict: Verdict, evidence: dict[str, float], limits: Thresholds) -> str:
     e = evidence
+    if verdict == "no_audio":
+        return "No audio: not a single frame arrived on this stream."
+    if verdict == "malformed":
+        return (
+            f"The audio could not be decoded: {e['malformed']:.0f} of "
+            f"{e['malformed'] + e['audio_frames']:.0f} messages were malformed "
+            f"({e['malformed_rate']:.1%}, limit {limits.malformed_rate:.0%})."
+        )
+    if verdict == "insufficient_data":
+        return (
+            f"Too little data to judge: {e['audio_frames']:.0f} audio frames received, "
+            f"at least {limits.min_frames} needed."
+        )
+    if verdict == "late":
+        return (
+            f"Audio has gaps because frames arrive after their playout time: "
+            f"{e['late_rate']:.1%} late and {e['discarded_rate']:.1%} dropped to catch up "
+            f"(limit {limits.late_rate:.1%} together), with a buffer target of "
+            f"{e['buffer_target_ms']:.0f} ms."
+        )
     if verdict == "loss":
         return (
             f"Audio has gaps because of packet loss: {e['loss_rate']:.1%} of frames lost "
             f"(limit {limits.loss_rate:.1%})."
         )
+    late = ""
+    if _late_share(e) >= limits.late_rate:
+        late = f"; {_late_share(e):.1%} of frames came too late to play"
     if verdict == "network_jitter":
         return (
             f"Audio is late because of network jitter: RFC 3550 jitter "
             f"{e['jitter_rfc3550_ms']:.1f} ms, delay p95-p50 spread "
-            f"{e.get('delay_spread_ms', 0.0):.0f} ms."
+            f"{e.get('delay_spread_ms', 0.0):.0f} ms{late}."
         )
     if verdict == "server_delay":
         return (
             f"Audio is late because of server-side delay: about {e['server_ms']:.0f} ms "
             f"is added before sending, while RFC 3550 jitter is only "
-            f"{e['jitter_rfc3550_ms']:.1f} ms."
+            f"{e['jitter_rfc3550_ms']:.1f} ms{late}."
         )
     if verdict == "client_buffering":
         return (
             f"Audio is late because of client buffering: the buffer targets "
             f"{e['buffer_target_ms']:.0f} ms where about {e['needed_ms']:.0f} ms "
             f"(delay p95 plus one frame) would do."
-        )
-    if e["frames"] < limits.min_frames:
-        return (
-            f"Too little data to judge: {e['frames']:.0f} frames measured, "
-            f"at least {limits.min_frames} needed."
         )
     return (
         f"The stream is healthy: RFC 3550 jitter {e['jitter_rfc3550_ms']:.1f} ms, "

@@ -17,10 +17,12 @@ Playout clock
     (arrival minus media time) since the last anchor, which may creep up with clock drift
     but does not forget a route's floor. When a faster frame lowers it, the schedule is
     that much later than the goal and glides (or catches up, below) back to it; when drift
-    raises it, the schedule glides later. So the playout delay is ``reference + target``
-    whatever frame happened to anchor the clock, clock drift of +-100 ppm never drains or
-    fills the buffer, and the latency window, which keeps the same reference, hands the
-    adjuster delays measured against what the buffer schedules by.
+    raises it, the schedule glides later, in steps of whole milliseconds (so a short
+    stream's playout times stay exactly those of its slots). So the playout delay is
+    ``reference + target`` whatever frame happened to anchor the clock, clock drift of
+    +-100 ppm never drains or fills the buffer, and the latency window, which keeps the
+    same reference, hands the adjuster delays measured against what the buffer schedules
+    by.
 
 ``push(frame)``
     First advances the clock to ``frame.arrival_s`` exactly as ``pop_due(frame.arrival_s)``
@@ -86,10 +88,11 @@ Recovery rules (each logged at INFO where it fires)
     frame would otherwise be late by the outage), a media-clock step. Below it, late frames
     are late, as they must be for the late-loss figures to mean anything.
 
-    ``catchup_ms`` (100 ms): when the schedule is that far above its goal (held frames
-    delivered in a burst after an outage lowered the reference, a target cut), the oldest
-    buffered frames are dropped at the next slot, counted ``discarded``, until it is within
-    one frame of the goal: the delay is back in one slot, not after a glide of seconds.
+    ``catchup_ms`` (100 ms): when the schedule is that far above its goal because the
+    reference fell under it (held frames delivered in a burst after an outage, a route
+    change down), the oldest buffered frames are dropped at the next slot, counted
+    ``discarded``, until it is within one frame of the goal: the delay is back in one slot,
+    not after a glide of seconds. A target cut never drops a frame; it glides.
 
     Media-clock jumps: a media gap is idle time only as far as the frame's arrival bears it
     out: its slot is never put later than its arrival plus the current delay plus
@@ -102,9 +105,11 @@ Recovery rules (each logged at INFO where it fires)
     (``current_delay_ms``, the delay above the reference) toward the goal
     (``target_delay_ms``) by at most ``max_step_ms``, i.e. the next slot is scheduled that
     much later or earlier; frames are never cut. A negative step never shortens a slot
-    below half its frame. While nothing is scheduled the new delay applies at once.
+    below half its frame. While nothing is scheduled the new delay applies at once, and so
+    does a higher one while the buffer waits on an empty slot (``STARVED``): the slots it
+    moves are silent anyway, and the frames still to come turn from late to on time.
 
-Stream events
+Stream events (each first advances the clock to ``now`` and returns what fell due)
     ``pause(now)``: the protocol announced the sender stops (AudioHook ``paused``, hold).
     Buffered frames still play at their slots; then the clock stops and the time until the
     next frame is idle. The next frame re-anchors, so it plays at its arrival plus the
@@ -171,6 +176,7 @@ _MAX_DELAY_MS = 10_000.0
 _MAX_STEP_MS = 1_000.0
 _MAX_FRAMES = 1_000_000
 _MEDIA_SLACK_MS = 1.0  # media-clock gaps up to this are rounding, not idle time
+_REFERENCE_STEP_MS = 1.0  # the schedule follows a rising reference in steps this big
 _SILENCE_BYTE = {"PCMU": 0xFF, "PCMA": 0xD5}
 
 
@@ -335,6 +341,8 @@ class JitterBuffer:
         self._idle_s = 0.0
         self._debug = logger.isEnabledFor(logging.DEBUG)
         self._reference = DelayReference()
+        self._reference_used_ms: float | None = None  # the reference the schedule follows
+        self._behind_ms = 0.0  # delay above the goal that a fall of the reference caused
         # Buffer: seq -> frame, a min-heap of the same seqs, the highest of them, their ms.
         self._frames: dict[int, AudioFrame] = {}
         self._heap: list[int] = []
@@ -387,6 +395,12 @@ class JitterBuffer:
     def closed(self) -> bool:
         """True once the stream was cut (``close``) or ended and drained (``end``)."""
         return self._closed
+
+    @property
+    def reference_ms(self) -> float | None:
+        """The delay reference's transit now: the latency window fed the same frames with
+        ``last_reanchored`` as ``rebase`` holds the same value."""
+        return self._reference.ms
 
     @property
     def last_outcome(self) -> ArrivalOutcome:
@@ -444,6 +458,11 @@ class JitterBuffer:
             hint="the adjuster should clamp its target",
         )
         if self._offset_ms is None:
+            self._current_ms = self._target_ms
+        elif self._starved and self._target_ms > self._current_ms:
+            # The slots this moves are silent anyway: the frames still to come turn from
+            # late to on time at no cost, where a glide would leave them late.
+            self._offset_ms += self._target_ms - self._current_ms
             self._current_ms = self._target_ms
 
     def push(self, frame: AudioFrame) -> list[AudioFrame]:
@@ -634,6 +653,7 @@ class JitterBuffer:
         self._anchor_s = frame.arrival_s
         self._current_ms = self._target_ms
         self._offset_ms = self._target_ms
+        self._behind_ms = 0.0
         self._next_seq = frame.seq
         self._expect_media_ms = frame.media_ms
         self._prestart = True
@@ -662,18 +682,28 @@ class JitterBuffer:
 
     def _follow_reference(self, frame: AudioFrame) -> None:
         """Keep the reference the latency window keeps; a move of the reference moves the
-        schedule's delay above it, never the schedule itself."""
+        schedule's delay above it, never the schedule itself. Falls count at once; rises
+        (clock drift, at most ``REFERENCE_RISE_PPM``) in whole ``_REFERENCE_STEP_MS``, so
+        a schedule is not nudged by microseconds on every frame (a playout time is then
+        exact to the arithmetic of its slots for any stream shorter than two seconds)."""
         arrival_ms, media_ms = frame.arrival_s * 1000.0, frame.media_ms
         if not (math.isfinite(arrival_ms) and math.isfinite(media_ms)):
             return
         reference = self._reference
-        before_ms, jumped_ms = reference.ms, reference.jumped_ms
+        jumped_ms = reference.jumped_ms
         reference.observe(arrival_ms, media_ms, rebase=self._last_reanchored)
-        after_ms = reference.ms
-        moved = before_ms is not None and after_ms is not None
-        if moved and jumped_ms == reference.jumped_ms and self._offset_ms is not None:
-            assert before_ms is not None and after_ms is not None
-            self._current_ms -= after_ms - before_ms
+        now_ms = reference.ms
+        assert now_ms is not None
+        used_ms = self._reference_used_ms
+        self._reference_used_ms = now_ms
+        if used_ms is None or jumped_ms != reference.jumped_ms:
+            return
+        moved_ms = now_ms - used_ms
+        if 0 < moved_ms < _REFERENCE_STEP_MS:
+            self._reference_used_ms = used_ms  # a rise too small to act on: wait for more
+        elif self._offset_ms is not None:
+            self._current_ms -= moved_ms
+            self._behind_ms = max(0.0, self._behind_ms - moved_ms)
 
     def _trace(self, kind: str, frame: AudioFrame) -> None:
         if self._debug:
@@ -722,7 +752,7 @@ class JitterBuffer:
         if not self._frames:
             self._run_dry(slot_s)
             return None
-        if self._current_ms - self._target_ms > self._catchup_ms:
+        if self._catchup_due_ms() > self._catchup_ms:
             self._catch_up()
         self._skip_big_gap()
         frame = self._frames.get(self._next_seq)
@@ -766,25 +796,31 @@ class JitterBuffer:
     def _catch_up(self) -> None:
         """``catchup_ms``: drop the oldest buffered frames until the delay is back within a
         frame of the goal, keeping at least one frame to play now."""
+        over_ms = self._catchup_due_ms()
         dropped = 0
         while len(self._frames) > 1 and self._next_seq in self._frames:
             frame = self._frames[self._next_seq]
-            if self._current_ms - frame.duration_ms < self._target_ms:
+            if self._catchup_due_ms() < frame.duration_ms:
                 break
             self._take(self._next_seq)
             self._tally.discarded += 1
             self._next_seq += 1
             self._expect_media_ms = frame.media_ms + frame.duration_ms
             self._current_ms -= frame.duration_ms
+            self._behind_ms -= frame.duration_ms
             dropped += 1
         if dropped:
             logger.info(
                 "stream %s: delay %.0f ms over its %.0f ms target; %d oldest frames dropped",
                 self._frames[self._heap[0]].stream_id,
-                self._current_ms - self._target_ms + dropped * self._cadence_ms(),
+                over_ms,
                 self._target_ms,
                 dropped,
             )
+
+    def _catchup_due_ms(self) -> float:
+        """How far the schedule is above its goal because the reference fell under it."""
+        return min(self._behind_ms, self._current_ms - self._target_ms)
 
     def _skip_big_gap(self) -> None:
         lowest = self._heap[0]
@@ -850,6 +886,7 @@ class JitterBuffer:
         step = self._glide_step(self._current_ms, duration_ms)
         wanted = self._target_ms - self._current_ms
         self._current_ms = self._target_ms if step == wanted else self._current_ms + step
+        self._behind_ms = max(0.0, self._behind_ms + min(step, 0.0))
         self._offset_ms += duration_ms + step
 
     def _stop_clock(self) -> None:

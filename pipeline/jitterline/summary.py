@@ -48,6 +48,7 @@ def summarize(
         "stream_id": stats.stream_id,
         "channel": stats.channel,
         "duration_s": _num(stats.at_s),
+        "idle_s": _num(buffer.idle_s),
         "frames": {
             "received": frames.received,
             "played": frames.played,
@@ -59,6 +60,7 @@ def summarize(
             "lost": frames.lost,
             "concealed": frames.concealed,
             "reordered": frames.reordered,
+            "discarded": frames.discarded,
             "balanced": frames.balanced,
         },
         "rates": {"loss": _num(frames.loss_rate), "late": _num(frames.late_rate)},
@@ -81,6 +83,8 @@ def summarize(
             "min": _num(buffer.min_ms),
             "max": _num(buffer.max_ms),
             "level": _num(buffer.level_ms),
+            "wait_mean": _num(buffer.wait_mean_ms),
+            "wait_p95": _num(buffer.wait_p95_ms),
         },
         "connection": {
             "attempts": connection.attempts,

@@ -1,5 +1,6 @@
-"""A seeded suite of network traces for judging jitter-buffer policies, and the hindsight
-oracle each is judged against.
+"""A seeded suite of network traces for judging jitter-buffer policies, the hindsight oracle
+each is judged against, and ``play``, which runs a policy over a trace through the real
+buffer, window and adjuster.
 
 A trace is what a receiver would see of one 20 ms stream: per frame its seq, media time,
 when the sender sent it and when (if ever) it arrived, plus the events a protocol or the
@@ -38,9 +39,15 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, TypeAlias
+
+from .adjuster import BufferAdjuster, BufferPolicy
+from .frames import AudioFrame, FrameCounts
+from .jitterbuffer import JitterBuffer
+from .latency import LatencyWindow
 
 __all__ = [
     "FRAME_MS",
@@ -48,10 +55,12 @@ __all__ = [
     "OUTAGE_FREE",
     "TRACES",
     "Packet",
+    "PlayResult",
     "Trace",
     "TraceEvent",
     "make_trace",
     "oracle_delay_ms",
+    "play",
 ]
 
 FRAME_MS = 20.0
@@ -260,12 +269,11 @@ def _reconnect(rng: random.Random, duration_s: float, *, resumed: bool) -> Trace
 def _restart(rng: random.Random, duration_s: float) -> Trace:
     jitter = _gamma_jitter(rng, 8.0, 2.0, 0.5)
     restart_s = duration_s / 2
-    packets = []
-    for packet in _packets(duration_s, lambda t: 35.0 + jitter(t)):
-        if packet.send_s >= restart_s:
-            seq = packet.seq - int(restart_s * 1000 / FRAME_MS)
-            packet = Packet(seq, seq * FRAME_MS, packet.send_s, packet.arrival_s)
-        packets.append(packet)
+    first = int(restart_s * 1000 / FRAME_MS)
+    packets = [
+        p if p.seq < first else replace(p, seq=p.seq - first, media_ms=(p.seq - first) * FRAME_MS)
+        for p in _packets(duration_s, lambda t: 35.0 + jitter(t))
+    ]
     return Trace("restart", 0, tuple(packets))
 
 
@@ -282,6 +290,8 @@ def _silence(rng: random.Random, duration_s: float) -> Trace:
     seq, at_s = 0, 0.0
     while at_s < duration_s:
         spurt_end_s = at_s + rng.expovariate(1 / 1.5)
+        if spurt_end_s > duration_s - 5.0:  # end on speech, so the trace lasts its length
+            spurt_end_s = duration_s
         while at_s < min(spurt_end_s, duration_s):
             packets.append(Packet(seq, at_s * 1000, at_s, at_s + (35 + jitter(at_s)) / 1000))
             seq, at_s = seq + 1, at_s + FRAME_MS / 1000
@@ -338,6 +348,91 @@ def _in_order(packets: tuple[Packet, ...]) -> tuple[Packet, ...]:
     for packet in sorted(packets, key=lambda p: p.send_s):
         if packet.arrival_s is not None:
             latest_s = max(latest_s, packet.arrival_s)
-            packet = Packet(packet.seq, packet.media_ms, packet.send_s, latest_s)
-        ordered.append(packet)
+        ordered.append(packet if packet.arrival_s is None else replace(packet, arrival_s=latest_s))
     return tuple(ordered)
+
+
+# -- playing a trace ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PlayResult:
+    """How a policy fared on a trace: ``late_pct`` counts frames that arrived but did not
+    play because of their timing (late, discarded to catch up, overflow) over frames
+    received; delays are send to playout of played frames, ms; ``concealed_pct`` is over
+    all slots emitted; ``seconds`` is the CPU time of the loop."""
+
+    late_pct: float
+    mean_ms: float
+    p95_ms: float
+    concealed_pct: float
+    discarded: int
+    balanced: bool
+    seconds: float
+    counts: FrameCounts = field(default_factory=FrameCounts)
+
+
+def _frame(trace: Trace, packet: Packet, arrival_s: float) -> AudioFrame:
+    return AudioFrame(
+        stream_id=trace.name,
+        seq=packet.seq,
+        media_ms=packet.media_ms,
+        codec="PCMU",
+        sample_rate=8000,
+        channels=1,
+        payload=b"\xff" * 160,
+        duration_ms=FRAME_MS,
+        arrival_s=arrival_s,
+        capture_wall_s=packet.send_s,  # the send time rides along: send-to-playout delay
+        sent_wall_s=packet.send_s,
+    )
+
+
+def play(trace: Trace, policy: BufferPolicy, *, max_ms: float = 1000.0) -> PlayResult:
+    """Replay ``trace`` on virtual time through a ``JitterBuffer``, a ``LatencyWindow`` and
+    a ``BufferAdjuster`` running ``policy`` (bounds 0..``max_ms``), in the pipeline's
+    order: push -> outcome -> window -> adjuster -> ``set_target_delay``. The trace's
+    reconnects call ``discontinuity``; the stream ends with ``end`` (its protocol ended
+    it), drained. A policy with an ``arrived(frame)`` method sees each frame first (a
+    reference that measures delay its own way, as NetEq does)."""
+    start_ms = float(getattr(policy, "target_ms", 80.0))  # the policy's own start
+    adjuster = BufferAdjuster(policy, min_ms=0.0, max_ms=max_ms, start_ms=start_ms)
+    buffer = JitterBuffer(target_delay_ms=adjuster.target_ms)
+    window = LatencyWindow()
+    events = list(trace.events)
+    arrived = getattr(policy, "arrived", None)
+    emitted: list[AudioFrame] = []
+    started = time.process_time()
+    last_s = 0.0
+    for packet in trace.arrivals():
+        assert packet.arrival_s is not None
+        while events and events[0].at_s <= packet.arrival_s:
+            emitted += buffer.discontinuity(events.pop(0).at_s)
+        frame = _frame(trace, packet, packet.arrival_s)
+        if arrived is not None:
+            arrived(frame)
+        emitted += buffer.push(frame)
+        measure = window.observe(frame, buffer.last_outcome, rebase=buffer.last_reanchored)
+        buffer.set_target_delay(adjuster.observe(measure))
+        last_s = packet.arrival_s
+    emitted += buffer.end(last_s) + buffer.pop_due(last_s + 60.0)
+    return _score(buffer.counts(), emitted, time.process_time() - started)
+
+
+def _score(counts: FrameCounts, emitted: list[AudioFrame], seconds: float) -> PlayResult:
+    delays = sorted(
+        ((f.playout_s or 0.0) - (f.capture_wall_s or 0.0)) * 1000.0
+        for f in emitted
+        if not f.concealed
+    )
+    missed = counts.late + counts.discarded + counts.overflow
+    return PlayResult(
+        late_pct=100.0 * missed / counts.received if counts.received else 0.0,
+        mean_ms=sum(delays) / len(delays) if delays else math.nan,
+        p95_ms=delays[max(0, math.ceil(0.95 * len(delays)) - 1)] if delays else math.nan,
+        concealed_pct=100.0 * counts.concealed / len(emitted) if emitted else 0.0,
+        discarded=counts.discarded,
+        balanced=counts.balanced,
+        seconds=seconds,
+        counts=counts,
+    )
