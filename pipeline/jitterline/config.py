@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from . import checks
+from .adjuster import DEFAULT_POLICY
 from .errors import ConfigError
 
 __all__ = ["MAX_BUFFER_MS", "PipelineConfig"]
@@ -27,7 +28,7 @@ class PipelineConfig:
     """
 
     dialect: str = "appfoundry"
-    buffer_policy: str = "adaptive"
+    buffer_policy: str = DEFAULT_POLICY
     buffer_ms: float | None = None
     min_buffer_ms: float = 20.0
     max_buffer_ms: float = 1000.0

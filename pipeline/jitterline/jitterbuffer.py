@@ -539,8 +539,16 @@ class JitterBuffer:
 
     def _file_new(self, frame: AudioFrame) -> list[AudioFrame]:
         seq = frame.seq
-        if self._closed or self._ending:
+        if self._closed:
             self._late(frame)
+        elif self._ending:
+            # Draining: a frame whose slot is still ahead plays there (it was reordered
+            # behind the sender's end); one whose slot went by is late.
+            ahead = self._offset_ms is not None and self._next_seq <= seq
+            if ahead and seq < self._next_seq + self._capacity:
+                self._store(frame)
+            else:
+                self._late(frame)
         elif self._reanchor_next and not self._frames and self._offset_ms is not None:
             self._stop_clock()
             self._file_unscheduled(frame)

@@ -607,7 +607,7 @@ class _Buffer(_Stage):
         frames = replace(
             counts, received=counts.received + self._malformed, malformed=self._malformed
         )
-        buffer = replace(request.stats.buffer, level_ms=self.buffer.level_ms)
+        buffer = self.buffer.stats(request.stats.buffer)  # level, waits, idle time
         return replace(request, stats=replace(request.stats, frames=frames, buffer=buffer))
 
     def _settle(self, now: float) -> None:
@@ -698,8 +698,16 @@ def adjust(
 
 
 def _buffer_stats(adjuster: BufferAdjuster, request: SnapshotRequest) -> BufferStats:
+    """The adjuster's part (target, its extremes, the policy) over what the buffer
+    filled in (level, waits, idle time)."""
     adjusted = adjuster.stats()
-    return replace(adjusted, level_ms=request.stats.buffer.level_ms)
+    return replace(
+        request.stats.buffer,
+        target_ms=adjusted.target_ms,
+        min_ms=adjusted.min_ms,
+        max_ms=adjusted.max_ms,
+        policy=adjusted.policy,
+    )
 
 
 # -- out of the chain -----------------------------------------------------------------------
