@@ -275,8 +275,10 @@ class SessionDiagnostics:
 
     Delivery (see ``core``): ``messages_out`` counts data frames written (opening messages
     and resends included); ``outbound_inflight`` written but not yet confirmed by a pong;
-    ``outbound_resent`` written again after a drop; ``outbound_dropped`` accepted or
-    offered messages that never went out (queue full, session ended).
+    ``outbound_confirmed`` proven read by the peer; ``outbound_resent`` written again after
+    a drop; ``outbound_dropped`` messages refused by ``send`` or lost with the session's
+    end. Every message offered to ``send`` is, at any time, in exactly one of: confirmed,
+    in flight, queued, dropped.
 
     Limits: ``oversized`` connections cut because a frame header announced a message over
     ``max_message_bytes`` (its payload is never read); ``stalled`` connections cut because
@@ -300,6 +302,7 @@ class SessionDiagnostics:
     callback_errors: int
     outbound_inflight: int = 0
     outbound_resent: int = 0
+    outbound_confirmed: int = 0
     oversized: int = 0
     stalled: int = 0
     bytes_in: int = 0
@@ -332,6 +335,7 @@ class Counters:
     send_throttled: int = 0
     outbound_dropped: int = 0
     outbound_resent: int = 0
+    outbound_confirmed: int = 0
     callback_errors: int = 0
     oversized: int = 0
     stalled: int = 0
@@ -489,6 +493,7 @@ class SessionCore:
         if closing:
             ending = Ending("closed by client", final=True, code=CLOSE_CODE_NORMAL)
             if isinstance(cause, PeerClosed):  # it read our close frame: all was read
+                self.counters.outbound_confirmed += len(self._inflight)
                 self._inflight.clear()
         elif isinstance(cause, Ending):
             ending = cause
@@ -512,8 +517,10 @@ class SessionCore:
             return  # unsolicited, or for a ping of an earlier connection
         rtt_ms = (now_s - self._ping_sent_s) * 1000.0
         self._ping_sent_s = None
-        for _ in range(min(self._ping_covers, len(self._inflight))):
+        confirmed = min(self._ping_covers, len(self._inflight))
+        for _ in range(confirmed):
             self._inflight.popleft()
+        self.counters.outbound_confirmed += confirmed
         self._ping_covers = 0
         self.counters.rtt_ms = rtt_ms
         self._emit("pong", now_s, rtt_ms=rtt_ms)
@@ -655,6 +662,7 @@ class SessionCore:
             callback_errors=c.callback_errors,
             outbound_inflight=len(self._inflight),
             outbound_resent=c.outbound_resent,
+            outbound_confirmed=c.outbound_confirmed,
             oversized=c.oversized,
             stalled=c.stalled,
             bytes_in=c.bytes_in,

@@ -194,6 +194,7 @@ class DialOut:
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
         ioloop: IOLoop | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self._url = url
         self._core = core
@@ -206,7 +207,7 @@ class DialOut:
         self._given_ioloop = ioloop
         self._ioloop: IOLoop | None = None
         self._lock = threading.Lock()
-        self._tls: ssl.SSLContext | None = None
+        self._tls = tls_context
         self._link: _Link | None = None
         self._job: asyncio.Future[_Attempt] | None = None
         self._abort: _Abort | None = None
@@ -269,11 +270,14 @@ class DialOut:
     # -- the loop: driving the core ------------------------------------------------------------
 
     def _kick(self) -> None:
+        """Have the loop drive soon (once, however many threads ask); before ``start()``
+        there is nothing to drive: ``start`` kicks."""
         with self._lock:
-            if self._kicked:
+            ioloop = self._ioloop
+            if ioloop is None or self._kicked:
                 return
             self._kicked = True
-        self._io.call_soon_threadsafe(self._kicked_drive)
+        ioloop.call_soon_threadsafe(self._kicked_drive)
 
     def _kicked_drive(self) -> None:
         with self._lock:

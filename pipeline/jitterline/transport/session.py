@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import time
 import uuid
 from collections.abc import Callable
@@ -59,6 +60,8 @@ class Session:
     on. ``max_attempts`` bounds attempts in a row without a connection that stayed up
     ``stable_after_s`` (None: forever); the same streak drives the backoff.
     ``session_id`` only labels logs (the protocol object carries the protocol's ids).
+    ``tls_context`` replaces the default verifying context for ``wss://`` (a private CA);
+    ``ioloop`` replaces ``IOLoop.shared()``.
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class Session:
         session_id: str | None = None,
         allow_insecure: bool = False,
         ioloop: IOLoop | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self._url = _check_session_url(url, allow_insecure)
         self.url = redact_url(url)
@@ -115,6 +119,7 @@ class Session:
             clock=clock,
             wall_clock=wall_clock,
             ioloop=ioloop,
+            tls_context=tls_context,
         )
 
     def __repr__(self) -> str:
