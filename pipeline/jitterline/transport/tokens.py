@@ -311,7 +311,9 @@ class TokenProvider:
         Basic credentials requests sent (RFC 7617: base64 of ``id:secret``) and the cached
         token."""
         secret = self._secret.reveal()
-        basic = base64.b64encode(f"{self.client_id}:{secret}".encode("latin-1", "replace")).decode()
+        basic = base64.b64encode(
+            f"{self.client_id}:{secret}".encode("latin-1", "replace")
+        ).decode()
         cached = self._token
         return (secret, basic) if cached is None else (secret, basic, cached.value.reveal())
 
