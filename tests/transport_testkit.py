@@ -54,7 +54,8 @@ class FakeClock:
 
 class ClientDialect:
     """A minimal client protocol object for transport tests: on every connection it queues
-    one JSON ``initialize`` (what the emulator waits for) and otherwise stays silent.
+    one JSON ``initialize`` (what the emulator waits for; ``greet=False``: the test sends it
+    itself) and otherwise stays silent.
 
     The transport only calls ``connection_made`` and ``data_to_send``; the rest of the
     contract is here so that the object satisfies ``jitterline.protocols.Dialect``.
@@ -64,19 +65,26 @@ class ClientDialect:
     role: Literal["client", "server"] = "client"
 
     def __init__(
-        self, session_id: str = "test-session", metadata: dict[str, object] | None = None
+        self,
+        session_id: str = "test-session",
+        metadata: dict[str, object] | None = None,
+        *,
+        greet: bool = True,
     ) -> None:
         self.session_id = session_id
+        self.greet = greet
         self.metadata = metadata or {}
         self.connections: list[float] = []
         self._outbox: list[str | bytes] = []
 
     def connection_made(self, now_s: float) -> None:
         self.connections.append(now_s)
+        if self.greet:
+            self._outbox.append(self.initialize())
+
+    def initialize(self) -> str:
         payload = {"sessionId": self.session_id, "metadata": self.metadata}
-        self._outbox.append(
-            json.dumps({"type": "initialize", "timestamp": 1.7e9, "payload": payload})
-        )
+        return json.dumps({"type": "initialize", "timestamp": 1.7e9, "payload": payload})
 
     def receive(self, message: Message) -> list[Event]:
         return []
