@@ -23,7 +23,7 @@ import pytest
 from websocket import ABNF
 
 from jitterline.emulator import Emulator, Impairments
-from jitterline.errors import AuthError, ConfigError, ConnectionLost, TLSError
+from jitterline.errors import AuthError, ConfigError, ConnectionLost, TLSError, TransportError
 from jitterline.frames import ConnectionEvent, ConnectionKind, Message
 from jitterline.transport import BackoffPolicy, IOLoop, Session, TokenProvider
 from jitterline.transport.dialout import READ_CHUNK_BYTES
@@ -840,3 +840,23 @@ def test_messages_unconfirmed_when_the_session_closes_are_counted_as_dropped(
     assert diagnostics.outbound_confirmed == 0
     assert diagnostics.outbound_dropped == 3
     assert diagnostics.outbound_inflight == 0
+
+
+class BrokenDialect(ClientDialect):
+    """A protocol object with a bug: it fails when the connection opens."""
+
+    def connection_made(self, now_s: float) -> None:
+        raise KeyError("bug")
+
+
+def test_a_bug_in_the_dialect_ends_the_session_with_an_error_instead_of_hanging(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with emulator(require_token=False) as emu:
+        session = Session(emu.ws_url, dialect=BrokenDialect(), on_message=lambda m: None)
+        session.start()
+        assert session.wait(WAIT_S)
+        session.close()
+    assert isinstance(session.outcome, TransportError)
+    assert "failed unexpectedly (KeyError)" in str(session.outcome)
+    assert "KeyError" in caplog.text  # logged with its traceback

@@ -443,6 +443,12 @@ class SessionCore:
             why = "closed before start" if self.state == "new" else "closed by client"
             self._finish(Ending(why, final=True, code=CLOSE_CODE_NORMAL), now_s)
 
+    def fail(self, error: JitterlineError, now_s: float) -> None:
+        """End the session with ``error`` whatever the state (the shell hit a bug)."""
+        if self.state != "ended":
+            self._connected_at_s = None
+            self._finish(Ending(str(error), error, final=True), now_s)
+
     def token_fetched(self, now_s: float) -> None:
         """The attempt obtained a new token from the provider (not a cached one)."""
         self.counters.token_refreshes += 1

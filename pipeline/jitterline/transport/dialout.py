@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import websocket
@@ -277,7 +278,23 @@ class DialOut:
             if ioloop is None or self._kicked:
                 return
             self._kicked = True
-        ioloop.call_soon_threadsafe(self._kicked_drive)
+        ioloop.call_soon_threadsafe(self._guarded, self._kicked_drive)
+
+    def _guarded(self, step: Callable[..., None], *args: Any) -> None:
+        """Every loop entry goes through here: a bug (ours, or a dialect's) must end this
+        session with an error, not leave ``wait()`` hanging or other sessions stalled."""
+        try:
+            step(*args)
+        except Exception as exc:
+            logger.exception("session %s failed unexpectedly", self._core.label)
+            self._teardown()
+            error = TransportError(
+                f"session {self._core.label} failed unexpectedly ({type(exc).__name__}); "
+                "see the log"
+            )
+            with self._lock:
+                self._core.fail(error, self._clock())
+            self._publish()
 
     def _kicked_drive(self) -> None:
         with self._lock:
@@ -335,7 +352,7 @@ class DialOut:
         self._cancel_timer()
         if deadline_s is not None:
             delay_s = max(0.0, deadline_s - self._clock())
-            self._timer = self._io.loop.call_later(delay_s, self._on_timer)
+            self._timer = self._io.loop.call_later(delay_s, self._guarded, self._on_timer)
             self._timer_at_s = deadline_s
 
     def _on_timer(self) -> None:
@@ -357,7 +374,7 @@ class DialOut:
             self._abort = abort
         job = self._io.loop.run_in_executor(None, self._open, refresh_token, abort)
         self._job = job
-        job.add_done_callback(self._opened)
+        job.add_done_callback(functools.partial(self._guarded, self._opened))
 
     def _opened(self, job: asyncio.Future[_Attempt]) -> None:
         with self._lock:
@@ -442,9 +459,6 @@ class DialOut:
         self._link = link
         with self._lock:
             self._core.connected(now_s)
-        self._publish()  # "connected" goes out before the connection's first message
-        if self._link is not link:
-            return  # a callback closed the session
         try:
             self._dialect.connection_made(now_s)
             opening = self._dialect.data_to_send()
@@ -455,7 +469,11 @@ class DialOut:
             self._write(link, _frame(data))
         with self._lock:
             self._core.opening_sent(len(opening))
-        self._io.loop.add_reader(link.fd, self._on_readable, link)
+        # "connected" goes out once the opening is on its way and before the first message
+        # of this connection is read.
+        self._publish()
+        if self._link is link:
+            self._io.loop.add_reader(link.fd, self._guarded, self._on_readable, link)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -478,7 +496,7 @@ class DialOut:
         except WebSocketException as exc:
             fault = Violation(_describe(exc))
         if budget == 0 and fault is None and self._link is link:
-            self._io.loop.call_soon(self._on_readable, link)  # let others run first
+            self._io.loop.call_soon(self._guarded, self._on_readable, link)  # let others run first
         with self._lock:
             self._core.counters.bytes_in += link.reader.bytes_read - before
             if self._link is link:
@@ -569,7 +587,7 @@ class DialOut:
         link.unwritten += data
         self._drain(link)
         if link.unwritten and self._link is link:
-            self._io.loop.add_writer(link.fd, self._on_writable, link)
+            self._io.loop.add_writer(link.fd, self._guarded, self._on_writable, link)
 
     def _drain(self, link: _Link) -> None:
         try:
