@@ -590,6 +590,7 @@ class SessionCore:
         taken: list[str | bytes] = []
         if self.state != "connected":
             return taken
+        self._next_send_s = None  # a full write buffer waits for the writer, not a timer
         while self._queue and backlog_bytes < WRITE_HIGH_WATER_BYTES:
             wait_s = self._bucket.try_acquire(now_s)
             if wait_s > 0:
@@ -600,7 +601,6 @@ class SessionCore:
                 break
             data = self._queue.popleft()
             self._head_throttled = False
-            self._next_send_s = None
             taken.append(data)
             self._inflight.append(data)
             backlog_bytes += len(data)
@@ -761,13 +761,13 @@ class SessionCore:
             self._actions.append(Disconnect(Ending(str(lost), lost, code=CLOSE_CODE_ABNORMAL)))
             return
         if self._ping_sent_s is not None:
-            if now_s - self._ping_sent_s >= self.ping_timeout_s:
+            if now_s >= self._ping_sent_s + self.ping_timeout_s:  # as next_deadline_s adds
                 lost = ConnectionLost(
                     f"no pong within ping_timeout_s={self.ping_timeout_s}; the link is dead"
                 )
                 self._actions.append(Disconnect(Ending(str(lost), lost)))
             return
-        idle_due = self.ping_interval_s > 0 and now_s - self._last_ping_s >= self.ping_interval_s
+        idle_due = self.ping_interval_s > 0 and now_s >= self._last_ping_s + self.ping_interval_s
         if idle_due or self._inflight:
             self._ping_count += 1
             self._ping_payload = f"jl-{self._ping_count}".encode()

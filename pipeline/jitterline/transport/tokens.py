@@ -58,7 +58,7 @@ REGION_DOMAINS: dict[str, str] = {
     "me-central-1": "mec1.pure.cloud",
     "us-east-2": "use2.us-gov-pure.cloud",
 }
-"""Genesys Cloud region -> domain (PROTOCOLS.md section 3); login host ``login.<domain>``."""
+"""Genesys Cloud region -> domain (docs/protocols.md); login host ``login.<domain>``."""
 
 _DESCRIPTION_CHARS = 160
 
