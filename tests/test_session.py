@@ -860,3 +860,56 @@ def test_a_bug_in_the_dialect_ends_the_session_with_an_error_instead_of_hanging(
     assert isinstance(session.outcome, TransportError)
     assert "failed unexpectedly (KeyError)" in str(session.outcome)
     assert "KeyError" in caplog.text  # logged with its traceback
+
+
+def test_a_fragmented_message_with_a_ping_inside_arrives_whole(recorder: Recorder) -> None:
+    answers: list[tuple[int, bytes]] = []
+
+    def script(connection: socket.socket, number: int) -> None:
+        connection.sendall(
+            server_frame(ABNF.OPCODE_TEXT, b"frag", fin=False)
+            + server_frame(ABNF.OPCODE_PING, b"mid")
+            + server_frame(ABNF.OPCODE_CONT, b"ment", fin=False)
+            + server_frame(ABNF.OPCODE_CONT, "é".encode())
+        )
+        while not answers or answers[-1][0] != ABNF.OPCODE_PONG:
+            answers.append(read_client_frame(connection))
+        peer.stop.wait(WAIT_S)
+
+    with RawPeer(script) as peer, make_session(peer.url, recorder, ping_interval_s=0):
+        recorder.wait_for(lambda: len(recorder.messages()) == 1)
+        eventually(lambda: bool(answers) and answers[-1][0] == ABNF.OPCODE_PONG)
+    assert recorder.messages()[0].data == "fragmenté"
+    assert answers[-1] == (ABNF.OPCODE_PONG, b"mid")
+
+
+def test_a_peer_that_stops_reading_fills_the_queue_not_the_loop(recorder: Recorder) -> None:
+    """Writes never block the shared loop: the bytes wait in a bounded buffer, then the
+    bounded queue refuses the newest messages; the loop keeps serving everyone else."""
+
+    def script(connection: socket.socket, number: int) -> None:
+        peer.stop.wait(WAIT_S)  # upgraded, then never reads a byte
+
+    async def ping_the_loop() -> str:
+        return "served"
+
+    chunk = "z" * 10_000
+    with RawPeer(script) as peer:
+        session = make_session(
+            peer.url,
+            recorder,
+            ping_interval_s=0,
+            ping_timeout_s=60.0,
+            send_rate_per_s=1e6,
+            send_burst=1000,
+            outbound_capacity=100,
+        )
+        with session:
+            recorder.wait_for_event("connected")
+            accepted = [session.send(chunk) for _ in range(2000)]
+            eventually(lambda: session.diagnostics().outbound_queued == 100)
+            assert IOLoop.shared().run(ping_the_loop()).result(WAIT_S) == "served"
+            diagnostics = session.diagnostics()
+    assert accepted.count(False) > 0
+    assert diagnostics.outbound_dropped >= accepted.count(False)
+    assert diagnostics.connected
