@@ -651,8 +651,8 @@ def test_frame_announcing_more_than_max_message_bytes_is_refused_before_its_payl
     assert "max_message_bytes=262144" in first.reason
     assert diagnostics.oversized == 1
     assert diagnostics.reconnects == 1
-    assert sum(sent) >= 2 * READ_CHUNK_BYTES  # the peer pushed payload at us...
-    assert diagnostics.bytes_in <= READ_CHUNK_BYTES + 100  # ...which we did not read
+    assert sent  # the peer pushed payload (4 MB if nobody cut it off)...
+    assert diagnostics.bytes_in <= READ_CHUNK_BYTES + 100  # ...of which we read one chunk
     assert caplog.text.count("over max_message_bytes") == 1
 
 
