@@ -60,6 +60,9 @@ class Session:
     on. ``max_attempts`` bounds attempts in a row without a connection that stayed up
     ``stable_after_s`` (None: forever); the same streak drives the backoff.
     ``session_id`` only labels logs (the protocol object carries the protocol's ids).
+    ``ping_interval_s=0`` turns off idle keep-alive pings only: a ping still follows
+    written messages, since its pong is what confirms their delivery (every peer must
+    answer pings, RFC 6455 section 5.5.2), and ``ping_timeout_s`` applies to it.
     ``tls_context`` replaces the default verifying context for ``wss://`` (a private CA);
     ``ioloop`` replaces ``IOLoop.shared()``.
     """
@@ -168,7 +171,8 @@ class Session:
         The session is marked closed at once (``send`` refuses from here on). A live
         connection gets a 1000 close frame and ``min(1 s, timeout_s / 2)`` to answer; a
         backoff wait ends at once; a connect or token request in flight is cut and its late
-        result discarded. From a callback (the loop thread) it does not wait.
+        result discarded. From a callback (the loop thread) it does not wait. A session
+        closed before ``start()`` emits its "closed" event on the caller's thread.
         """
         checks.number("timeout_s", timeout_s, low=0.0, unit="s", hint="0 does not wait")
         self._core.close_wait_s = min(_CLOSE_WAIT_CAP_S, timeout_s / 2)
