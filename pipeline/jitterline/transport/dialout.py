@@ -371,6 +371,8 @@ class DialOut:
     def _connect(self, refresh_token: bool) -> None:
         abort = _Abort()
         with self._lock:
+            if self._core.state != "connecting":
+                return  # closed by another thread since the core asked
             self._abort = abort
         job = self._io.loop.run_in_executor(None, self._open, refresh_token, abort)
         self._job = job
