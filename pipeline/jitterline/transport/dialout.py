@@ -245,10 +245,11 @@ class DialOut:
             self._kick()
         return accepted
 
-    def close(self) -> None:
+    def close(self, close_wait_s: float) -> None:
         """Mark the session closed now; the loop finishes the close handshake (if a link is
-        up) within ``core.close_wait_s``. An in-flight connect job is cut, not awaited."""
+        up) within ``close_wait_s``. An in-flight connect job is cut, not awaited."""
         with self._lock:
+            self._core.close_wait_s = close_wait_s
             self._core.close(self._clock())
             started = self._started
             abort = self._abort

@@ -175,8 +175,7 @@ class Session:
         closed before ``start()`` emits its "closed" event on the caller's thread.
         """
         checks.number("timeout_s", timeout_s, low=0.0, unit="s", hint="0 does not wait")
-        self._core.close_wait_s = min(_CLOSE_WAIT_CAP_S, timeout_s / 2)
-        self._dialout.close()
+        self._dialout.close(close_wait_s=min(_CLOSE_WAIT_CAP_S, timeout_s / 2))
         if self._dialout.in_loop_thread():
             return
         if not self._dialout.ended.wait(timeout_s):
