@@ -54,9 +54,12 @@ from .ratelimit import TokenBucket
 
 __all__ = [
     "FATAL_CLOSE_CODES",
+    "WRITE_HIGH_WATER_BYTES",
+    "Action",
     "Classifier",
     "Connect",
     "ConnectFailed",
+    "Counters",
     "Disconnect",
     "Dropped",
     "Ending",
@@ -615,9 +618,8 @@ class SessionCore:
             self._begin_attempt(now_s)
         elif self.state == "connected":
             self._poll_link(now_s)
-        elif self.state == "closing" and now_s >= (self._close_by_s or now_s + 1.0):
-            self._close_by_s = None
-            self._actions.append(Disconnect(Ending("closed by client", final=True)))
+        elif self.state == "closing":
+            self._poll_closing(now_s)
         actions, self._actions = self._actions, []
         return actions
 
@@ -745,6 +747,11 @@ class SessionCore:
         self._frame_due_s = None
         self._next_send_s = None
         self._head_throttled = False
+
+    def _poll_closing(self, now_s: float) -> None:
+        if self._close_by_s is not None and now_s >= self._close_by_s:
+            self._close_by_s = None  # the peer never answered our close frame: cut it
+            self._actions.append(Disconnect(Ending("closed by client", final=True)))
 
     def _poll_link(self, now_s: float) -> None:
         if self._frame_due_s is not None and now_s >= self._frame_due_s:
