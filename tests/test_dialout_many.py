@@ -19,7 +19,7 @@ import pytest
 from jitterline.emulator import Emulator
 from jitterline.frames import ConnectionEvent, Message
 from jitterline.transport import IOLoop, Session
-from transport_testkit import ClientDialect, open_fds
+from transport_testkit import ClientDialect, open_fds, settled_fds
 
 DURATION_S = 1.0
 FRAME_MS = 20.0
@@ -50,6 +50,7 @@ class Tally:
 @dataclass(frozen=True, slots=True)
 class Run:
     threads_added: int
+    io_threads: int
     fds_added: int
     received: list[list[str]]
     sessions: list[Session]
@@ -59,8 +60,8 @@ def run_sessions(count: int, ioloop: IOLoop) -> Run:
     tally = Tally()
     received: list[list[str]] = [[] for _ in range(count)]
     with Emulator(duration_s=DURATION_S, frame_ms=FRAME_MS, require_token=False) as emu:
-        threads_before = threading.active_count()
-        fds_before = open_fds()
+        threads_before = set(threading.enumerate())
+        fds_before = settled_fds()
         dialects = [ClientDialect(f"call-{n}", greet=False) for n in range(count)]
         sessions = [
             Session(
@@ -78,7 +79,9 @@ def run_sessions(count: int, ioloop: IOLoop) -> Run:
                 session.start()
             with tally.cond:
                 assert tally.cond.wait_for(lambda: tally.connected == count, WAIT_S)
-            threads_added = threading.active_count() - threads_before
+            threads_now = set(threading.enumerate())
+            threads_added = len(threads_now - threads_before)
+            io_threads = sum(t.name.startswith(ioloop.name) for t in threads_now)
             fds_added = open_fds() - fds_before
             for session, dialect in zip(sessions, dialects, strict=True):
                 assert session.send(dialect.initialize())
@@ -88,7 +91,7 @@ def run_sessions(count: int, ioloop: IOLoop) -> Run:
             for session in sessions:
                 session.close()
         assert emu.counters.connections == count
-    return Run(threads_added, fds_added, received, sessions)
+    return Run(threads_added, io_threads, fds_added, received, sessions)
 
 
 def _collector(into: list[str]) -> Callable[[Message], None]:
@@ -122,6 +125,7 @@ def test_threads_and_descriptors_do_not_grow_with_the_number_of_sessions(
     small = run_sessions(20, ioloop)
     large = run_sessions(200, ioloop)
     assert small.threads_added == large.threads_added == 0
+    assert small.io_threads == large.io_threads == 1 + ioloop.workers
     # Each session is one socket here and one on the emulator's side of the loopback.
     assert small.fds_added - 2 * 20 == large.fds_added - 2 * 200
     assert_whole_stream_from_join(small)

@@ -483,10 +483,10 @@ def test_context_manager_closes_the_session_and_leaves_no_thread_behind(
 ) -> None:
     IOLoop.shared()  # its threads exist once per process, whatever the sessions
     with emulator(require_token=False) as emu:  # no token endpoint keep-alive thread
-        threads_before = threading.active_count()
+        threads_before = set(threading.enumerate())
         with make_session(emu.ws_url, recorder) as session:
             recorder.wait_for_event("connected")
-            assert threading.active_count() == threads_before
+            assert set(threading.enumerate()) - threads_before == set()
         assert session.wait(0)
         assert not session.diagnostics().connected
     threads = [t.name for t in threading.enumerate() if t.name.startswith("jitterline-session")]
@@ -735,14 +735,14 @@ def test_close_returns_promptly_while_a_connect_step_is_in_flight(
         elif step == "token request":
             tokens = TokenProvider(f"http://127.0.0.1:{peer.port}", CLIENT_ID, SECRET)
         session = make_session(url, recorder, tokens=tokens)
-        threads_before = threading.active_count()
+        threads_before = set(threading.enumerate())
         session.start()
         _wait_until_connecting(recorder)
         started_s = time.monotonic()
         session.close(timeout_s=5.0)
         closed_in_s = time.monotonic() - started_s
         assert session.wait(0)
-        assert threading.active_count() == threads_before
+        assert set(threading.enumerate()) - threads_before == set()  # none added
     assert closed_in_s < 3.0  # a generous bound; the close itself does not wait
     assert session.outcome is None
     assert [e.kind for e in recorder.events()][-1] == "closed"

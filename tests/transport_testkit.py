@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -13,6 +14,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -118,6 +120,20 @@ def user_input(n: int) -> str:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+def settled_fds(attempts: int = 50) -> int:
+    """Open descriptors once earlier tests' leftovers are gone: garbage (a dropped
+    ``requests`` pool) collected and the count steady for 50 ms."""
+    count = -1
+    for _ in range(attempts):
+        gc.collect()
+        now = open_fds()
+        if now == count:
+            return now
+        count = now
+        time.sleep(0.05)
+    return count
 
 
 Script: TypeAlias = Callable[[socket.socket, int], None]
