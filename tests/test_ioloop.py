@@ -188,3 +188,17 @@ def test_tls_holds_decrypted_bytes_that_the_socket_does_not_show(
     assert readable == []  # epoll/select would never wake us for these bytes
     rest = [frames.recv_frame().data for _ in range(99)]
     assert rest == [b"a"] * 99
+
+
+def test_stop_from_a_callback_ends_the_loop_thread_without_joining_itself(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = IOLoop(name="test-io-self-stop").start()
+    loop.call_soon_threadsafe(loop.stop)
+    for _ in range(500):
+        if not any(t.name == "test-io-self-stop" for t in threading.enumerate()):
+            break
+        threading.Event().wait(0.01)
+    assert not any(t.name == "test-io-self-stop" for t in threading.enumerate())
+    assert "Exception in callback" not in caplog.text  # stop() did not try to join itself
+    loop.stop()

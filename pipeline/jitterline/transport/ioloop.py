@@ -105,23 +105,23 @@ class IOLoop:
 
     def stop(self) -> None:
         """Stop the loop and the executor, joining their threads for up to 5 s; safe to
-        call twice. A job still running (a handshake to a dead host) keeps its worker until
-        its own timeout; its result goes nowhere."""
+        call twice, and from a callback (nothing is joined then). A job still running (a
+        handshake to a dead host) keeps its worker until its own timeout; its result goes
+        nowhere."""
         with self._lock:
             if self._state != "running":
                 self._state = "stopped"
                 return
             self._state = "stopped"
         self._loop.call_soon_threadsafe(self._loop.stop)
-        deadline_s = time.monotonic() + _STOP_TIMEOUT_S
-        self._thread.join(_STOP_TIMEOUT_S)
-        if self._thread.is_alive():
-            logger.warning("%s: loop thread still busy after %.0f s", self.name, _STOP_TIMEOUT_S)
-        else:
-            self._loop.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
-        for worker in self._workers:  # idle ones exit at once; a stuck job keeps its own
-            worker.join(max(0.0, deadline_s - time.monotonic()))
+        if self.in_loop_thread():
+            return
+        deadline_s = time.monotonic() + _STOP_TIMEOUT_S
+        for thread in [self._thread, *self._workers]:  # idle workers exit at once
+            thread.join(max(0.0, deadline_s - time.monotonic()))
+            if thread.is_alive():
+                logger.warning("%s: thread %s still busy after stop()", self.name, thread.name)
 
     def __enter__(self) -> IOLoop:
         return self.start()
@@ -154,6 +154,7 @@ class IOLoop:
             self._loop.run_forever()
         finally:
             self._cancel_leftovers()
+            self._loop.close()
 
     def _cancel_leftovers(self) -> None:
         tasks = asyncio.all_tasks(self._loop)
