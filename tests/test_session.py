@@ -1,35 +1,44 @@
-"""The dial-out session against real loopback peers: the emulator, a dead port, and a peer
-that completes the handshake and then goes silent (which the emulator cannot do).
+"""The dial-out session against real loopback peers: the emulator, a dead port, and
+hand-written peers for what the emulator will not do (go silent, trickle a frame, announce
+an oversized one, never answer, drop with messages in flight).
 
 Backoffs are short so the whole file runs in seconds; every wait is bounded.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
+import contextlib
 import json
 import logging
 import random
-import re
 import socket
-import ssl
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import pytest
+from websocket import ABNF
 
 from jitterline.emulator import Emulator, Impairments
-from jitterline.errors import AuthError, ConfigError, ConnectionLost, TransportError
+from jitterline.errors import AuthError, ConfigError, ConnectionLost, TLSError, TransportError
 from jitterline.frames import ConnectionEvent, ConnectionKind, Message
-from jitterline.protocols.appfoundry import AppFoundryDialect, user_input_message
-from jitterline.transport import BackoffPolicy, Session, TokenProvider
-from transport_testkit import SELF_SIGNED_PEM, FakeClock
+from jitterline.transport import BackoffPolicy, IOLoop, Session, TokenProvider
+from jitterline.transport.dialout import READ_CHUNK_BYTES
+from transport_testkit import (
+    ClientDialect,
+    FakeClock,
+    RawPeer,
+    abort,
+    frame_header,
+    read_client_frame,
+    server_frame,
+    tls_client_context,
+    tls_server_context,
+    user_input,
+)
 
 CLIENT_ID = "jitterline-demo"
 SECRET = "canary-secret-4b9e07d2"
@@ -53,6 +62,10 @@ class Recorder:
         with self._cond:
             self.log.append(event)
             self._cond.notify_all()
+
+    def messages(self) -> list[Message]:
+        with self._cond:
+            return [m for m in self.log if isinstance(m, Message)]
 
     def events(self, kind: ConnectionKind | None = None) -> list[ConnectionEvent]:
         with self._cond:
@@ -105,7 +118,7 @@ def make_session(
 ) -> Session:
     return Session(
         url,
-        dialect=AppFoundryDialect(wall_clock=time.time),
+        dialect=ClientDialect(),
         on_message=recorder.on_message,
         tokens=tokens,
         on_event=on_event or recorder.on_event,
@@ -317,69 +330,8 @@ def test_pongs_measure_the_round_trip_time(recorder: Recorder) -> None:
     assert diagnostics.connection_stats().rtt_ms == diagnostics.rtt_ms
 
 
-class SilentPeer:
-    """Completes WebSocket handshakes, then never reads or answers: a link gone dead.
-
-    With ``tls`` it first runs a TLS handshake with that context (and drops a client that
-    refuses the certificate).
-    """
-
-    _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
-        self._tls = tls
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self._server.settimeout(0.05)
-        self._stop = threading.Event()
-        self._connections: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._serve, name="test-silent-peer")
-
-    @property
-    def url(self) -> str:
-        scheme = "ws" if self._tls is None else "wss"
-        return f"{scheme}://127.0.0.1:{self._server.getsockname()[1]}/"
-
-    def __enter__(self) -> SilentPeer:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: object, tb: TracebackType | None
-    ) -> None:
-        self._stop.set()
-        self._thread.join(5.0)
-        for connection in self._connections:
-            connection.close()
-        self._server.close()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                connection, _ = self._server.accept()
-            except TimeoutError:
-                continue
-            self._connections.append(connection)
-            connection.settimeout(2.0)
-            if self._tls is not None:
-                try:
-                    connection = self._tls.wrap_socket(connection, server_side=True)
-                except (ssl.SSLError, OSError):
-                    continue  # the client refused our certificate
-                self._connections.append(connection)
-            request = b""
-            while b"\r\n\r\n" not in request and len(request) < 65536:
-                request += connection.recv(4096)
-            match = re.search(rb"sec-websocket-key:\s*(\S+)", request, re.IGNORECASE)
-            assert match is not None
-            accept = base64.b64encode(hashlib.sha1(match.group(1) + self._GUID).digest())
-            connection.sendall(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-            )
-
-
 def test_peer_that_stops_answering_pings_is_declared_dead(recorder: Recorder) -> None:
-    with SilentPeer() as peer:
+    with RawPeer() as peer:  # upgrades, then never reads or answers: a dead link
         session = make_session(
             peer.url, recorder, ping_interval_s=0.1, ping_timeout_s=0.1, max_attempts=2
         )
@@ -396,16 +348,12 @@ def test_peer_that_stops_answering_pings_is_declared_dead(recorder: Recorder) ->
 def test_wss_to_a_peer_with_an_untrusted_certificate_fails_without_retry(
     recorder: Recorder, tmp_path: Path
 ) -> None:
-    pem = tmp_path / "peer.pem"
-    pem.write_text(SELF_SIGNED_PEM)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(pem)
-    with SilentPeer(tls=context) as peer:
+    with RawPeer(tls=tls_server_context(tmp_path)) as peer:
         session = make_session(peer.url, recorder)
         session.start()
         assert session.wait(WAIT_S)
         session.close()
-    assert isinstance(session.outcome, TransportError)
+    assert isinstance(session.outcome, TLSError)
     assert "TLS verification" in str(session.outcome)
     assert session.diagnostics().attempts == 1  # a bad certificate will not fix itself
 
@@ -419,7 +367,7 @@ def test_outbound_queue_flushes_in_order_after_reconnect(recorder: Recorder) -> 
     def on_event(event: ConnectionEvent) -> None:
         recorder.on_event(event)
         if event.kind == "reconnect_scheduled" and not queued:  # disconnected right now
-            queued.extend(session.send(_user_input(n)) for n in range(5))
+            queued.extend(session.send(user_input(n)) for n in range(5))
 
     with emulator() as emu:
         session = make_session(emu.ws_url, recorder, tokens=provider(emu), on_event=on_event)
@@ -438,16 +386,18 @@ def test_outbound_queue_flushes_in_order_after_reconnect(recorder: Recorder) -> 
     assert diagnostics.messages_out == 7
 
 
-def _user_input(n: int) -> str:
-    return user_input_message(f"message {n}", "agent-1", now_wall_s=1_700_000_000.0 + n)
-
-
 def test_messages_sent_before_start_follow_the_opening_message(recorder: Recorder) -> None:
+    dialect = ClientDialect(session_id="call-42", metadata={"q": 1})
     with emulator() as emu:
-        session = make_session(
-            emu.ws_url, recorder, tokens=provider(emu), session_id="call-42", metadata={"q": 1}
+        session = Session(
+            emu.ws_url,
+            dialect=dialect,
+            on_message=recorder.on_message,
+            tokens=provider(emu),
+            send_rate_per_s=1.0,
+            send_burst=1,  # the opening must not wait for the bucket the message took
         )
-        assert session.send(_user_input(0))
+        assert session.send(user_input(0))
         with session:
             eventually(lambda: len(emu.received_texts()) >= 2)
         texts = emu.received_texts()
@@ -465,7 +415,7 @@ def test_rate_limiter_holds_a_burst_back_without_losing_or_reordering(
             emu.ws_url, recorder, tokens=provider(emu), send_rate_per_s=50.0, send_burst=2
         ) as session:
             recorder.wait_for_event("connected")
-            assert all(session.send(_user_input(n)) for n in range(10))
+            assert all(session.send(user_input(n)) for n in range(10))
             eventually(lambda: len(emu.received_texts()) >= 11)
             diagnostics = session.diagnostics()
         texts = emu.received_texts()
@@ -512,7 +462,7 @@ def test_callbacks_that_raise_are_logged_once_counted_and_the_stream_goes_on(
     with emulator() as emu, caplog.at_level(logging.WARNING, logger="jitterline"):
         session = Session(
             emu.ws_url,
-            dialect=AppFoundryDialect(wall_clock=time.time),
+            dialect=ClientDialect(),
             on_message=bad_message,
             on_event=bad_event,
             tokens=provider(emu),
@@ -528,10 +478,15 @@ def test_callbacks_that_raise_are_logged_once_counted_and_the_stream_goes_on(
     assert len(failures) == 2  # once per callback
 
 
-def test_context_manager_closes_and_joins_the_session_thread(recorder: Recorder) -> None:
-    with emulator() as emu:
-        with make_session(emu.ws_url, recorder, tokens=provider(emu)) as session:
+def test_context_manager_closes_the_session_and_leaves_no_thread_behind(
+    recorder: Recorder,
+) -> None:
+    IOLoop.shared()  # its threads exist once per process, whatever the sessions
+    with emulator(require_token=False) as emu:  # no token endpoint keep-alive thread
+        threads_before = set(threading.enumerate())
+        with make_session(emu.ws_url, recorder) as session:
             recorder.wait_for_event("connected")
+            assert set(threading.enumerate()) - threads_before == set()
         assert session.wait(0)
         assert not session.diagnostics().connected
     threads = [t.name for t in threading.enumerate() if t.name.startswith("jitterline-session")]
@@ -632,3 +587,329 @@ def test_secret_and_tokens_never_appear_in_logs_reprs_or_errors(
     assert "session" in debug_logs.text  # the logs were captured at all
     for canary in canaries:
         assert canary not in everything
+
+
+# -- limits: no peer can stall or flood a session ------------------------------------------
+
+
+def _hello_then_hold(connection: socket.socket, stop: threading.Event) -> None:
+    connection.sendall(server_frame(ABNF.OPCODE_TEXT, b"hello"))
+    stop.wait(WAIT_S)
+
+
+def test_peer_trickling_a_frame_is_cut_after_frame_timeout_and_the_session_reconnects(
+    recorder: Recorder,
+) -> None:
+    def script(connection: socket.socket, number: int) -> None:
+        if number > 1:
+            _hello_then_hold(connection, peer.stop)
+            return
+        connection.sendall(frame_header(ABNF.OPCODE_TEXT, 1_000_000))  # 1 MB announced
+        while not peer.stop.wait(0.05):  # ... and one byte at a time
+            connection.sendall(b"x")
+
+    with (
+        RawPeer(script) as peer,
+        make_session(peer.url, recorder, frame_timeout_s=0.5, ping_interval_s=0) as session,
+    ):
+        recorder.wait_for(lambda: any(m.data == "hello" for m in recorder.messages()))
+        diagnostics = session.diagnostics()
+    first = recorder.events("disconnected")[0]
+    assert "stalled mid-frame for frame_timeout_s=0.5" in first.reason
+    assert diagnostics.stalled == 1
+    assert diagnostics.reconnects == 1
+    assert diagnostics.bytes_in < 1000  # the header and a few trickled bytes, no more
+
+
+def test_frame_announcing_more_than_max_message_bytes_is_refused_before_its_payload_is_read(
+    recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    cap = 256 * 1024
+    sent: list[int] = []
+
+    def script(connection: socket.socket, number: int) -> None:
+        if number > 1:
+            _hello_then_hold(connection, peer.stop)
+            return
+        connection.sendall(frame_header(ABNF.OPCODE_BINARY, 10_000_000))
+        connection.settimeout(0.5)
+        block = b"\0" * 65536
+        with contextlib.suppress(OSError):  # until the client cut us off or buffers fill
+            for _ in range(64):
+                connection.sendall(block)
+                sent.append(len(block))
+
+    with (
+        RawPeer(script) as peer,
+        caplog.at_level(logging.WARNING, logger="jitterline"),
+        make_session(peer.url, recorder, max_message_bytes=cap) as session,
+    ):
+        recorder.wait_for(lambda: any(m.data == "hello" for m in recorder.messages()))
+        diagnostics = session.diagnostics()
+    first = recorder.events("disconnected")[0]
+    assert first.code == 1009
+    assert "max_message_bytes=262144" in first.reason
+    assert diagnostics.oversized == 1
+    assert diagnostics.reconnects == 1
+    assert sent  # the peer pushed payload (4 MB if nobody cut it off)...
+    assert diagnostics.bytes_in <= READ_CHUNK_BYTES + 100  # ...of which we read one chunk
+    assert caplog.text.count("over max_message_bytes") == 1
+
+
+def test_text_that_is_not_utf8_breaks_the_protocol_and_the_session_reconnects(
+    recorder: Recorder,
+) -> None:
+    def script(connection: socket.socket, number: int) -> None:
+        if number > 1:
+            _hello_then_hold(connection, peer.stop)
+            return
+        connection.sendall(server_frame(ABNF.OPCODE_TEXT, b"caf\xe9"))
+        peer.stop.wait(WAIT_S)
+
+    with RawPeer(script) as peer, make_session(peer.url, recorder) as session:
+        recorder.wait_for(lambda: any(m.data == "hello" for m in recorder.messages()))
+        diagnostics = session.diagnostics()
+    first = recorder.events("disconnected")[0]
+    assert first.code == 1002
+    assert "not UTF-8" in first.reason
+    assert diagnostics.messages_in == 1
+
+
+def test_a_ping_from_the_peer_is_answered_with_its_payload(recorder: Recorder) -> None:
+    answers: list[tuple[int, bytes]] = []
+
+    def script(connection: socket.socket, number: int) -> None:
+        connection.sendall(server_frame(ABNF.OPCODE_PING, b"are-you-there"))
+        while not answers or answers[-1][0] != ABNF.OPCODE_PONG:
+            answers.append(read_client_frame(connection))
+        peer.stop.wait(WAIT_S)
+
+    with RawPeer(script) as peer, make_session(peer.url, recorder, ping_interval_s=0):
+        eventually(lambda: bool(answers) and answers[-1][0] == ABNF.OPCODE_PONG)
+    assert answers[-1] == (ABNF.OPCODE_PONG, b"are-you-there")
+
+
+def test_wss_reads_everything_tls_decrypted_ahead_of_the_socket(
+    recorder: Recorder, tmp_path: Path
+) -> None:
+    """One burst of many TLS records: the decrypted bytes wait in the SSL object, where
+    epoll cannot see them; every message must still arrive without more traffic."""
+    big = "b" * 200_000
+    burst = server_frame(ABNF.OPCODE_TEXT, big.encode()) + b"".join(
+        server_frame(ABNF.OPCODE_TEXT, f"small {n}".encode()) for n in range(50)
+    )
+
+    def script(connection: socket.socket, number: int) -> None:
+        connection.sendall(burst)
+        peer.stop.wait(WAIT_S)
+
+    with (
+        RawPeer(script, tls=tls_server_context(tmp_path)) as peer,
+        make_session(
+            peer.url, recorder, tls_context=tls_client_context(tmp_path), ping_interval_s=0
+        ),
+    ):
+        recorder.wait_for(lambda: len(recorder.messages()) == 51)
+    texts = [m.data for m in recorder.messages()]
+    assert texts == [big] + [f"small {n}" for n in range(50)]
+
+
+# -- close() while blocking work is in flight ----------------------------------------------
+
+
+def _wait_until_connecting(recorder: Recorder) -> None:
+    recorder.wait_for_event("connecting")
+    time.sleep(0.3)  # let the executor job block in its connect step
+
+
+@pytest.mark.parametrize("step", ["http upgrade", "tls handshake", "token request"])
+def test_close_returns_promptly_while_a_connect_step_is_in_flight(
+    recorder: Recorder, step: str
+) -> None:
+    IOLoop.shared()
+    with RawPeer(upgrade=False) as peer:  # accepts TCP (backlog), never answers
+        tokens = None
+        url = peer.url
+        if step == "tls handshake":
+            url = url.replace("ws://", "wss://")
+        elif step == "token request":
+            tokens = TokenProvider(f"http://127.0.0.1:{peer.port}", CLIENT_ID, SECRET)
+        session = make_session(url, recorder, tokens=tokens)
+        threads_before = set(threading.enumerate())
+        session.start()
+        _wait_until_connecting(recorder)
+        started_s = time.monotonic()
+        session.close(timeout_s=5.0)
+        closed_in_s = time.monotonic() - started_s
+        assert session.wait(0)
+        assert set(threading.enumerate()) - threads_before == set()  # none added
+    assert closed_in_s < 3.0  # a generous bound; the close itself does not wait
+    assert session.outcome is None
+    assert [e.kind for e in recorder.events()][-1] == "closed"
+    assert session.diagnostics().attempts == 1
+    if tokens is not None:
+        tokens.close()
+
+
+def test_tls_failure_at_the_token_endpoint_is_fatal_like_a_wss_tls_failure(
+    recorder: Recorder, tmp_path: Path
+) -> None:
+    with RawPeer(tls=tls_server_context(tmp_path)) as token_peer, emulator() as emu:
+        tokens = TokenProvider(f"https://127.0.0.1:{token_peer.port}", CLIENT_ID, SECRET)
+        session = make_session(emu.ws_url, recorder, tokens=tokens)
+        session.start()
+        assert session.wait(WAIT_S)
+        session.close()
+        tokens.close()
+    assert isinstance(session.outcome, TLSError)
+    assert "TLS verification" in str(session.outcome)
+    assert session.diagnostics().attempts == 1
+    assert recorder.events("reconnect_scheduled") == []
+
+
+# -- delivery across a drop ----------------------------------------------------------------
+
+
+class FrameLog:
+    """What a ``RawPeer`` read from the client, per connection."""
+
+    def __init__(self) -> None:
+        self.texts: dict[int, list[str]] = {}
+        self.lock = threading.Lock()
+
+    def add(self, number: int, text: str) -> None:
+        with self.lock:
+            self.texts.setdefault(number, []).append(text)
+
+    def of(self, number: int) -> list[str]:
+        with self.lock:
+            return list(self.texts.get(number, []))
+
+
+def test_messages_in_flight_when_the_link_drops_are_resent_in_order(recorder: Recorder) -> None:
+    """Connection 1 reads the messages but never answers the confirming ping, then resets:
+    none was proven read, so all are written again on connection 2, which confirms them."""
+    log = FrameLog()
+
+    def script(connection: socket.socket, number: int) -> None:
+        while not peer.stop.is_set():
+            opcode, payload = read_client_frame(connection)
+            if opcode == ABNF.OPCODE_TEXT:
+                log.add(number, payload.decode())
+            elif opcode == ABNF.OPCODE_PING and number > 1:
+                connection.sendall(server_frame(ABNF.OPCODE_PONG, payload))
+            if number == 1 and len(log.of(1)) == 6:  # initialize + 5
+                abort(connection)
+                return
+
+    with RawPeer(script) as peer:
+        session = make_session(peer.url, recorder, ping_interval_s=0, ping_timeout_s=5.0)
+        with session:
+            recorder.wait_for_event("connected")
+            assert all(session.send(user_input(n)) for n in range(5))
+            eventually(lambda: session.diagnostics().outbound_confirmed == 5)
+            diagnostics = session.diagnostics()
+    said = [json.loads(text)["payload"]["text"] for text in log.of(2)[1:]]
+    assert said == [f"message {n}" for n in range(5)]
+    assert log.of(1)[1:] == log.of(2)[1:]
+    assert diagnostics.outbound_resent == 5
+    assert diagnostics.outbound_dropped == 0
+    assert diagnostics.outbound_inflight == 0
+
+
+def test_messages_unconfirmed_when_the_session_closes_are_counted_as_dropped(
+    recorder: Recorder,
+) -> None:
+    log = FrameLog()
+
+    def script(connection: socket.socket, number: int) -> None:
+        with contextlib.suppress(OSError):
+            while not peer.stop.is_set():  # reads everything, answers nothing
+                opcode, payload = read_client_frame(connection)
+                if opcode == ABNF.OPCODE_TEXT:
+                    log.add(number, payload.decode())
+
+    with RawPeer(script) as peer:
+        session = make_session(peer.url, recorder, ping_interval_s=0, ping_timeout_s=5.0)
+        session.start()
+        recorder.wait_for_event("connected")
+        assert all(session.send(user_input(n)) for n in range(3))
+        eventually(lambda: len(log.of(1)) == 4)
+        session.close(timeout_s=0.4)  # no close answer comes: 0.2 s, then cut
+        diagnostics = session.diagnostics()
+    assert diagnostics.outbound_confirmed == 0
+    assert diagnostics.outbound_dropped == 3
+    assert diagnostics.outbound_inflight == 0
+
+
+class BrokenDialect(ClientDialect):
+    """A protocol object with a bug: it fails when the connection opens."""
+
+    def connection_made(self, now_s: float) -> None:
+        raise KeyError("bug")
+
+
+def test_a_bug_in_the_dialect_ends_the_session_with_an_error_instead_of_hanging(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with emulator(require_token=False) as emu:
+        session = Session(emu.ws_url, dialect=BrokenDialect(), on_message=lambda m: None)
+        session.start()
+        assert session.wait(WAIT_S)
+        session.close()
+    assert isinstance(session.outcome, TransportError)
+    assert "failed unexpectedly (KeyError)" in str(session.outcome)
+    assert "KeyError" in caplog.text  # logged with its traceback
+
+
+def test_a_fragmented_message_with_a_ping_inside_arrives_whole(recorder: Recorder) -> None:
+    answers: list[tuple[int, bytes]] = []
+
+    def script(connection: socket.socket, number: int) -> None:
+        connection.sendall(
+            server_frame(ABNF.OPCODE_TEXT, b"frag", fin=False)
+            + server_frame(ABNF.OPCODE_PING, b"mid")
+            + server_frame(ABNF.OPCODE_CONT, b"ment", fin=False)
+            + server_frame(ABNF.OPCODE_CONT, "é".encode())
+        )
+        while not answers or answers[-1][0] != ABNF.OPCODE_PONG:
+            answers.append(read_client_frame(connection))
+        peer.stop.wait(WAIT_S)
+
+    with RawPeer(script) as peer, make_session(peer.url, recorder, ping_interval_s=0):
+        recorder.wait_for(lambda: len(recorder.messages()) == 1)
+        eventually(lambda: bool(answers) and answers[-1][0] == ABNF.OPCODE_PONG)
+    assert recorder.messages()[0].data == "fragmenté"
+    assert answers[-1] == (ABNF.OPCODE_PONG, b"mid")
+
+
+def test_a_peer_that_stops_reading_fills_the_queue_not_the_loop(recorder: Recorder) -> None:
+    """Writes never block the shared loop: the bytes wait in a bounded buffer, then the
+    bounded queue refuses the newest messages; the loop keeps serving everyone else."""
+
+    def script(connection: socket.socket, number: int) -> None:
+        peer.stop.wait(WAIT_S)  # upgraded, then never reads a byte
+
+    async def ping_the_loop() -> str:
+        return "served"
+
+    chunk = "z" * 10_000
+    with RawPeer(script) as peer:
+        session = make_session(
+            peer.url,
+            recorder,
+            ping_interval_s=0,
+            ping_timeout_s=60.0,
+            send_rate_per_s=1e6,
+            send_burst=1000,
+            outbound_capacity=100,
+        )
+        with session:
+            recorder.wait_for_event("connected")
+            accepted = [session.send(chunk) for _ in range(2000)]
+            eventually(lambda: session.diagnostics().outbound_queued == 100)
+            assert IOLoop.shared().run(ping_the_loop()).result(WAIT_S) == "served"
+            diagnostics = session.diagnostics()
+    assert accepted.count(False) > 0
+    assert diagnostics.outbound_dropped >= accepted.count(False)
+    assert diagnostics.connected

@@ -6,6 +6,7 @@ A scripted ``http.server`` stands in only for answers the emulator cannot give (
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import ssl
@@ -18,8 +19,9 @@ from typing import Any
 import pytest
 
 from jitterline.emulator import Emulator
-from jitterline.errors import AuthError, ConfigError, RateLimited, TransportError
+from jitterline.errors import AuthError, ConfigError, RateLimited, TLSError, TransportError
 from jitterline.transport import REGION_DOMAINS, Secret, TokenProvider, resolve_auth_url
+from jitterline.transport.tokens import redact
 from transport_testkit import SELF_SIGNED_PEM, FakeClock
 
 CLIENT_ID = "jitterline-demo"
@@ -165,7 +167,8 @@ class _QuietHTTPServer(ThreadingHTTPServer):
 
 
 class ScriptedTokenServer:
-    """Answers every POST with one canned response and records what it was sent."""
+    """Answers every POST with one canned response and records what it was sent; a
+    callable ``body`` is given the request's Authorization header (to echo it)."""
 
     def __init__(
         self,
@@ -185,8 +188,10 @@ class ScriptedTokenServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 form = self.rfile.read(length).decode()
-                server.requests.append((self.path, self.headers.get("Authorization", ""), form))
-                payload = json.dumps(server.body).encode()
+                authorization = self.headers.get("Authorization", "")
+                server.requests.append((self.path, authorization, form))
+                body = server.body(authorization) if callable(server.body) else server.body
+                payload = json.dumps(body).encode()
                 self.send_response(server.status)
                 for key, value in server.headers.items():
                     self.send_header(key, value)
@@ -247,6 +252,31 @@ def test_error_description_echoing_the_secret_is_redacted() -> None:
     assert "bad ***" in str(error)
 
 
+def test_error_description_echoing_the_authorization_header_is_redacted() -> None:
+    def echo(authorization: str) -> dict[str, str]:
+        return {"error": "invalid_client", "error_description": f"refused {authorization}"}
+
+    error = _token_error(401, echo)
+    basic = base64.b64encode(f"{CLIENT_ID}:{SECRET}".encode()).decode()
+    assert isinstance(error, AuthError)
+    assert basic not in str(error)
+    assert SECRET not in str(error)
+    assert "refused Basic ***" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("header was Basic am1lOnNlY3JldA==", "header was Basic ***"),
+        ("got bearer eyJhbGciOi.J9.sig-_~+/ back", "got bearer *** back"),
+        ("the secret s3cr3t leaked", "the secret *** leaked"),
+        ("nothing to hide", "nothing to hide"),
+    ],
+)
+def test_redact_removes_every_credential_form(text: str, expected: str) -> None:
+    assert redact(text, ("s3cr3t",)) == expected
+
+
 def test_token_endpoint_429_is_rate_limited_with_its_retry_after() -> None:
     error = _token_error(429, {"error": "too_many_requests"}, {"Retry-After": "7"})
     assert isinstance(error, RateLimited)
@@ -286,7 +316,7 @@ def test_token_endpoint_with_an_untrusted_certificate_is_refused(tmp_path: Path)
     grant = {"access_token": "t-123", "token_type": "bearer", "expires_in": 600}
     with ScriptedTokenServer(200, grant, tls=context) as server:
         tokens = TokenProvider(server.url, CLIENT_ID, SECRET, timeout_s=5.0)
-        with pytest.raises(TransportError, match=r"TLS verification of https://127\.0\.0\.1"):
+        with pytest.raises(TLSError, match=r"TLS verification of https://127\.0\.0\.1"):
             tokens.token()
         tokens.close()
     assert server.requests == []  # the credentials never left the client

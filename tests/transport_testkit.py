@@ -4,13 +4,17 @@ minimal client protocol object and a hand-written WebSocket peer for misbehaviou
 from __future__ import annotations
 
 import base64
+import contextlib
+import gc
 import hashlib
 import json
 import os
 import re
 import socket
 import ssl
+import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -52,7 +56,8 @@ class FakeClock:
 
 class ClientDialect:
     """A minimal client protocol object for transport tests: on every connection it queues
-    one JSON ``initialize`` (what the emulator waits for) and otherwise stays silent.
+    one JSON ``initialize`` (what the emulator waits for; ``greet=False``: the test sends it
+    itself) and otherwise stays silent.
 
     The transport only calls ``connection_made`` and ``data_to_send``; the rest of the
     contract is here so that the object satisfies ``jitterline.protocols.Dialect``.
@@ -62,19 +67,26 @@ class ClientDialect:
     role: Literal["client", "server"] = "client"
 
     def __init__(
-        self, session_id: str = "test-session", metadata: dict[str, object] | None = None
+        self,
+        session_id: str = "test-session",
+        metadata: dict[str, object] | None = None,
+        *,
+        greet: bool = True,
     ) -> None:
         self.session_id = session_id
+        self.greet = greet
         self.metadata = metadata or {}
         self.connections: list[float] = []
         self._outbox: list[str | bytes] = []
 
     def connection_made(self, now_s: float) -> None:
         self.connections.append(now_s)
+        if self.greet:
+            self._outbox.append(self.initialize())
+
+    def initialize(self) -> str:
         payload = {"sessionId": self.session_id, "metadata": self.metadata}
-        self._outbox.append(
-            json.dumps({"type": "initialize", "timestamp": 1.7e9, "payload": payload})
-        )
+        return json.dumps({"type": "initialize", "timestamp": 1.7e9, "payload": payload})
 
     def receive(self, message: Message) -> list[Event]:
         return []
@@ -110,6 +122,20 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def settled_fds(attempts: int = 50) -> int:
+    """Open descriptors once earlier tests' leftovers are gone: garbage (a dropped
+    ``requests`` pool) collected and the count steady for 50 ms."""
+    count = -1
+    for _ in range(attempts):
+        gc.collect()
+        now = open_fds()
+        if now == count:
+            return now
+        count = now
+        time.sleep(0.05)
+    return count
+
+
 Script: TypeAlias = Callable[[socket.socket, int], None]
 """What a ``RawPeer`` does with an upgraded connection (and its number, from 1)."""
 
@@ -119,10 +145,11 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 class RawPeer:
     """A hand-written WebSocket server on loopback for what a real server will not do.
 
-    Each connection is upgraded (after TLS with ``tls``), then ``script(connection,
-    number)`` runs on the peer thread; with ``upgrade=False`` nothing is ever answered
-    (the TCP connect succeeds from the listen backlog, then silence). Everything stops
-    when the ``with`` block ends.
+    Each connection is upgraded (after TLS with ``tls``) on its own thread, then
+    ``script(connection, number)`` runs there (number from 1); without a script the peer
+    goes silent. With ``upgrade=False`` nothing is ever accepted: the client's TCP connect
+    succeeds from the listen backlog, then silence. Scripts must return once ``stop`` is
+    set; everything stops when the ``with`` block ends.
     """
 
     def __init__(
@@ -139,8 +166,10 @@ class RawPeer:
         self._server.settimeout(0.05)
         self.stop = threading.Event()
         self.connections = 0
+        self._lock = threading.Lock()
         self._open: list[socket.socket] = []
-        self._thread = threading.Thread(target=self._serve, name="test-raw-peer")
+        self._threads: list[threading.Thread] = []
+        self._thread = threading.Thread(target=self._accept, name="test-raw-peer")
 
     @property
     def port(self) -> int:
@@ -161,30 +190,47 @@ class RawPeer:
         self.stop.set()
         if self._thread.is_alive():
             self._thread.join(5.0)
-        for connection in self._open:
+        with self._lock:
+            threads, connections = list(self._threads), list(self._open)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        for thread in threads:
+            thread.join(5.0)
+        for connection in connections:
             connection.close()
         self._server.close()
 
-    def _serve(self) -> None:
+    def _accept(self) -> None:
         while not self.stop.is_set():
             try:
                 connection, _ = self._server.accept()
             except TimeoutError:
                 continue
-            self._open.append(connection)
-            self.connections += 1
-            try:
-                upgraded = self._handshake(connection)
-                if upgraded is not None and self._script is not None:
-                    self._script(upgraded, self.connections)
-            except (OSError, ssl.SSLError):
-                continue  # the client went away or refused our certificate
+            with self._lock:
+                self._open.append(connection)
+                self.connections += 1
+                number = self.connections
+                thread = threading.Thread(
+                    target=self._serve, args=(connection, number), name=f"test-raw-peer-{number}"
+                )
+                self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, connection: socket.socket, number: int) -> None:
+        try:
+            upgraded = self._handshake(connection)
+            if upgraded is not None and self._script is not None:
+                self._script(upgraded, number)
+        except (OSError, ssl.SSLError):
+            pass  # the client went away or refused our certificate
 
     def _handshake(self, connection: socket.socket) -> socket.socket | None:
         connection.settimeout(2.0)
         if self._tls is not None:
             connection = self._tls.wrap_socket(connection, server_side=True)
-            self._open.append(connection)
+            with self._lock:
+                self._open.append(connection)
         request = b""
         while b"\r\n\r\n" not in request and len(request) < 65536:
             chunk = connection.recv(4096)
@@ -200,6 +246,37 @@ class RawPeer:
             b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
         )
         return connection
+
+
+def read_client_frame(connection: socket.socket) -> tuple[int, bytes]:
+    """One frame from a client (masked, RFC 6455 section 5.3): opcode and unmasked payload."""
+    head = _recv_exact(connection, 2)
+    length = head[1] & 0x7F
+    if length == 126:
+        length = int.from_bytes(_recv_exact(connection, 2), "big")
+    elif length == 127:
+        length = int.from_bytes(_recv_exact(connection, 8), "big")
+    mask = _recv_exact(connection, 4) if head[1] & 0x80 else b""
+    payload = _recv_exact(connection, length)
+    if mask:
+        payload = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+    return head[0] & 0x0F, payload
+
+
+def _recv_exact(connection: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = connection.recv(size - len(data))
+        if not chunk:
+            raise ConnectionResetError("the client closed")
+        data += chunk
+    return data
+
+
+def abort(connection: socket.socket) -> None:
+    """Reset the TCP connection (SO_LINGER 0): a drop without a close frame or FIN."""
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    connection.close()
 
 
 def frame_header(opcode: int, length: int, *, fin: bool = True) -> bytes:

@@ -54,9 +54,12 @@ from .ratelimit import TokenBucket
 
 __all__ = [
     "FATAL_CLOSE_CODES",
+    "WRITE_HIGH_WATER_BYTES",
+    "Action",
     "Classifier",
     "Connect",
     "ConnectFailed",
+    "Counters",
     "Disconnect",
     "Dropped",
     "Ending",
@@ -275,8 +278,10 @@ class SessionDiagnostics:
 
     Delivery (see ``core``): ``messages_out`` counts data frames written (opening messages
     and resends included); ``outbound_inflight`` written but not yet confirmed by a pong;
-    ``outbound_resent`` written again after a drop; ``outbound_dropped`` accepted or
-    offered messages that never went out (queue full, session ended).
+    ``outbound_confirmed`` proven read by the peer; ``outbound_resent`` written again after
+    a drop; ``outbound_dropped`` messages refused by ``send`` or lost with the session's
+    end. Every message offered to ``send`` is, at any time, in exactly one of: confirmed,
+    in flight, queued, dropped.
 
     Limits: ``oversized`` connections cut because a frame header announced a message over
     ``max_message_bytes`` (its payload is never read); ``stalled`` connections cut because
@@ -300,6 +305,7 @@ class SessionDiagnostics:
     callback_errors: int
     outbound_inflight: int = 0
     outbound_resent: int = 0
+    outbound_confirmed: int = 0
     oversized: int = 0
     stalled: int = 0
     bytes_in: int = 0
@@ -332,6 +338,7 @@ class Counters:
     send_throttled: int = 0
     outbound_dropped: int = 0
     outbound_resent: int = 0
+    outbound_confirmed: int = 0
     callback_errors: int = 0
     oversized: int = 0
     stalled: int = 0
@@ -439,6 +446,12 @@ class SessionCore:
             why = "closed before start" if self.state == "new" else "closed by client"
             self._finish(Ending(why, final=True, code=CLOSE_CODE_NORMAL), now_s)
 
+    def fail(self, error: JitterlineError, now_s: float) -> None:
+        """End the session with ``error`` whatever the state (the shell hit a bug)."""
+        if self.state != "ended":
+            self._connected_at_s = None
+            self._finish(Ending(str(error), error, final=True), now_s)
+
     def token_fetched(self, now_s: float) -> None:
         """The attempt obtained a new token from the provider (not a cached one)."""
         self.counters.token_refreshes += 1
@@ -489,6 +502,7 @@ class SessionCore:
         if closing:
             ending = Ending("closed by client", final=True, code=CLOSE_CODE_NORMAL)
             if isinstance(cause, PeerClosed):  # it read our close frame: all was read
+                self.counters.outbound_confirmed += len(self._inflight)
                 self._inflight.clear()
         elif isinstance(cause, Ending):
             ending = cause
@@ -512,8 +526,10 @@ class SessionCore:
             return  # unsolicited, or for a ping of an earlier connection
         rtt_ms = (now_s - self._ping_sent_s) * 1000.0
         self._ping_sent_s = None
-        for _ in range(min(self._ping_covers, len(self._inflight))):
+        confirmed = min(self._ping_covers, len(self._inflight))
+        for _ in range(confirmed):
             self._inflight.popleft()
+        self.counters.outbound_confirmed += confirmed
         self._ping_covers = 0
         self.counters.rtt_ms = rtt_ms
         self._emit("pong", now_s, rtt_ms=rtt_ms)
@@ -577,6 +593,7 @@ class SessionCore:
         taken: list[str | bytes] = []
         if self.state != "connected":
             return taken
+        self._next_send_s = None  # a full write buffer waits for the writer, not a timer
         while self._queue and backlog_bytes < WRITE_HIGH_WATER_BYTES:
             wait_s = self._bucket.try_acquire(now_s)
             if wait_s > 0:
@@ -587,7 +604,6 @@ class SessionCore:
                 break
             data = self._queue.popleft()
             self._head_throttled = False
-            self._next_send_s = None
             taken.append(data)
             self._inflight.append(data)
             backlog_bytes += len(data)
@@ -602,9 +618,8 @@ class SessionCore:
             self._begin_attempt(now_s)
         elif self.state == "connected":
             self._poll_link(now_s)
-        elif self.state == "closing" and now_s >= (self._close_by_s or now_s + 1.0):
-            self._close_by_s = None
-            self._actions.append(Disconnect(Ending("closed by client", final=True)))
+        elif self.state == "closing":
+            self._poll_closing(now_s)
         actions, self._actions = self._actions, []
         return actions
 
@@ -655,6 +670,7 @@ class SessionCore:
             callback_errors=c.callback_errors,
             outbound_inflight=len(self._inflight),
             outbound_resent=c.outbound_resent,
+            outbound_confirmed=c.outbound_confirmed,
             oversized=c.oversized,
             stalled=c.stalled,
             bytes_in=c.bytes_in,
@@ -732,6 +748,11 @@ class SessionCore:
         self._next_send_s = None
         self._head_throttled = False
 
+    def _poll_closing(self, now_s: float) -> None:
+        if self._close_by_s is not None and now_s >= self._close_by_s:
+            self._close_by_s = None  # the peer never answered our close frame: cut it
+            self._actions.append(Disconnect(Ending("closed by client", final=True)))
+
     def _poll_link(self, now_s: float) -> None:
         if self._frame_due_s is not None and now_s >= self._frame_due_s:
             self.counters.stalled += 1
@@ -747,13 +768,13 @@ class SessionCore:
             self._actions.append(Disconnect(Ending(str(lost), lost, code=CLOSE_CODE_ABNORMAL)))
             return
         if self._ping_sent_s is not None:
-            if now_s - self._ping_sent_s >= self.ping_timeout_s:
+            if now_s >= self._ping_sent_s + self.ping_timeout_s:  # as next_deadline_s adds
                 lost = ConnectionLost(
                     f"no pong within ping_timeout_s={self.ping_timeout_s}; the link is dead"
                 )
                 self._actions.append(Disconnect(Ending(str(lost), lost)))
             return
-        idle_due = self.ping_interval_s > 0 and now_s - self._last_ping_s >= self.ping_interval_s
+        idle_due = self.ping_interval_s > 0 and now_s >= self._last_ping_s + self.ping_interval_s
         if idle_due or self._inflight:
             self._ping_count += 1
             self._ping_payload = f"jl-{self._ping_count}".encode()

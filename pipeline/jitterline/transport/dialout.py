@@ -33,13 +33,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import websocket
@@ -194,6 +195,7 @@ class DialOut:
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
         ioloop: IOLoop | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self._url = url
         self._core = core
@@ -206,7 +208,7 @@ class DialOut:
         self._given_ioloop = ioloop
         self._ioloop: IOLoop | None = None
         self._lock = threading.Lock()
-        self._tls: ssl.SSLContext | None = None
+        self._tls = tls_context
         self._link: _Link | None = None
         self._job: asyncio.Future[_Attempt] | None = None
         self._abort: _Abort | None = None
@@ -243,10 +245,11 @@ class DialOut:
             self._kick()
         return accepted
 
-    def close(self) -> None:
+    def close(self, close_wait_s: float) -> None:
         """Mark the session closed now; the loop finishes the close handshake (if a link is
-        up) within ``core.close_wait_s``. An in-flight connect job is cut, not awaited."""
+        up) within ``close_wait_s``. An in-flight connect job is cut, not awaited."""
         with self._lock:
+            self._core.close_wait_s = close_wait_s
             self._core.close(self._clock())
             started = self._started
             abort = self._abort
@@ -269,11 +272,30 @@ class DialOut:
     # -- the loop: driving the core ------------------------------------------------------------
 
     def _kick(self) -> None:
+        """Have the loop drive soon (once, however many threads ask); before ``start()``
+        there is nothing to drive: ``start`` kicks."""
         with self._lock:
-            if self._kicked:
+            ioloop = self._ioloop
+            if ioloop is None or self._kicked:
                 return
             self._kicked = True
-        self._io.call_soon_threadsafe(self._kicked_drive)
+        ioloop.call_soon_threadsafe(self._guarded, self._kicked_drive)
+
+    def _guarded(self, step: Callable[..., None], *args: Any) -> None:
+        """Every loop entry goes through here: a bug (ours, or a dialect's) must end this
+        session with an error, not leave ``wait()`` hanging or other sessions stalled."""
+        try:
+            step(*args)
+        except Exception as exc:
+            logger.exception("session %s failed unexpectedly", self._core.label)
+            self._teardown()
+            error = TransportError(
+                f"session {self._core.label} failed unexpectedly ({type(exc).__name__}); "
+                "see the log"
+            )
+            with self._lock:
+                self._core.fail(error, self._clock())
+            self._publish()
 
     def _kicked_drive(self) -> None:
         with self._lock:
@@ -331,7 +353,7 @@ class DialOut:
         self._cancel_timer()
         if deadline_s is not None:
             delay_s = max(0.0, deadline_s - self._clock())
-            self._timer = self._io.loop.call_later(delay_s, self._on_timer)
+            self._timer = self._io.loop.call_later(delay_s, self._guarded, self._on_timer)
             self._timer_at_s = deadline_s
 
     def _on_timer(self) -> None:
@@ -350,10 +372,12 @@ class DialOut:
     def _connect(self, refresh_token: bool) -> None:
         abort = _Abort()
         with self._lock:
+            if self._core.state != "connecting":
+                return  # closed by another thread since the core asked
             self._abort = abort
         job = self._io.loop.run_in_executor(None, self._open, refresh_token, abort)
         self._job = job
-        job.add_done_callback(self._opened)
+        job.add_done_callback(functools.partial(self._guarded, self._opened))
 
     def _opened(self, job: asyncio.Future[_Attempt]) -> None:
         with self._lock:
@@ -438,9 +462,6 @@ class DialOut:
         self._link = link
         with self._lock:
             self._core.connected(now_s)
-        self._publish()  # "connected" goes out before the connection's first message
-        if self._link is not link:
-            return  # a callback closed the session
         try:
             self._dialect.connection_made(now_s)
             opening = self._dialect.data_to_send()
@@ -451,7 +472,11 @@ class DialOut:
             self._write(link, _frame(data))
         with self._lock:
             self._core.opening_sent(len(opening))
-        self._io.loop.add_reader(link.fd, self._on_readable, link)
+        # "connected" goes out once the opening is on its way and before the first message
+        # of this connection is read.
+        self._publish()
+        if self._link is link:
+            self._io.loop.add_reader(link.fd, self._guarded, self._on_readable, link)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -474,7 +499,7 @@ class DialOut:
         except WebSocketException as exc:
             fault = Violation(_describe(exc))
         if budget == 0 and fault is None and self._link is link:
-            self._io.loop.call_soon(self._on_readable, link)  # let others run first
+            self._io.loop.call_soon(self._guarded, self._on_readable, link)  # let others run first
         with self._lock:
             self._core.counters.bytes_in += link.reader.bytes_read - before
             if self._link is link:
@@ -565,7 +590,7 @@ class DialOut:
         link.unwritten += data
         self._drain(link)
         if link.unwritten and self._link is link:
-            self._io.loop.add_writer(link.fd, self._on_writable, link)
+            self._io.loop.add_writer(link.fd, self._guarded, self._on_writable, link)
 
     def _drain(self, link: _Link) -> None:
         try:

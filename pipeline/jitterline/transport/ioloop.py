@@ -18,6 +18,7 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
@@ -59,6 +60,7 @@ class IOLoop:
             max_workers=workers, thread_name_prefix=f"{name}-worker"
         )
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._workers: list[threading.Thread] = []
         self._state = "new"
         self._lock = threading.Lock()
 
@@ -102,23 +104,24 @@ class IOLoop:
         return self
 
     def stop(self) -> None:
-        """Stop the loop and the executor, joining both; safe to call twice.
-
-        Executor jobs still running (a handshake to a dead host) are not waited for: their
-        workers are daemon-like and their results go nowhere.
-        """
+        """Stop the loop and the executor, joining their threads for up to 5 s; safe to
+        call twice, and from a callback (nothing is joined then). A job still running (a
+        handshake to a dead host) keeps its worker until its own timeout; its result goes
+        nowhere."""
         with self._lock:
             if self._state != "running":
                 self._state = "stopped"
                 return
             self._state = "stopped"
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(_STOP_TIMEOUT_S)
-        if self._thread.is_alive():
-            logger.warning("%s: loop thread still busy after %.0f s", self.name, _STOP_TIMEOUT_S)
-        else:
-            self._loop.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.in_loop_thread():
+            return
+        deadline_s = time.monotonic() + _STOP_TIMEOUT_S
+        for thread in [self._thread, *self._workers]:  # idle workers exit at once
+            thread.join(max(0.0, deadline_s - time.monotonic()))
+            if thread.is_alive():
+                logger.warning("%s: thread %s still busy after stop()", self.name, thread.name)
 
     def __enter__(self) -> IOLoop:
         return self.start()
@@ -151,6 +154,7 @@ class IOLoop:
             self._loop.run_forever()
         finally:
             self._cancel_leftovers()
+            self._loop.close()
 
     def _cancel_leftovers(self) -> None:
         tasks = asyncio.all_tasks(self._loop)
@@ -163,5 +167,11 @@ class IOLoop:
         """Start every executor worker now: a pool that grows on demand would add threads
         while sessions connect, and the thread count would depend on the load."""
         barrier = threading.Barrier(self.workers, timeout=_START_TIMEOUT_S)
-        jobs = [self._executor.submit(barrier.wait) for _ in range(self.workers)]
-        concurrent.futures.wait(jobs, _START_TIMEOUT_S)
+
+        def meet() -> threading.Thread:
+            barrier.wait()
+            return threading.current_thread()
+
+        jobs = [self._executor.submit(meet) for _ in range(self.workers)]
+        done, _ = concurrent.futures.wait(jobs, _START_TIMEOUT_S)
+        self._workers = [job.result() for job in done if job.exception() is None]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import time
 import uuid
 from collections.abc import Callable
@@ -59,6 +60,11 @@ class Session:
     on. ``max_attempts`` bounds attempts in a row without a connection that stayed up
     ``stable_after_s`` (None: forever); the same streak drives the backoff.
     ``session_id`` only labels logs (the protocol object carries the protocol's ids).
+    ``ping_interval_s=0`` turns off idle keep-alive pings only: a ping still follows
+    written messages, since its pong is what confirms their delivery (every peer must
+    answer pings, RFC 6455 section 5.5.2), and ``ping_timeout_s`` applies to it.
+    ``tls_context`` replaces the default verifying context for ``wss://`` (a private CA);
+    ``ioloop`` replaces ``IOLoop.shared()``.
     """
 
     def __init__(
@@ -85,6 +91,7 @@ class Session:
         session_id: str | None = None,
         allow_insecure: bool = False,
         ioloop: IOLoop | None = None,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self._url = _check_session_url(url, allow_insecure)
         self.url = redact_url(url)
@@ -115,6 +122,7 @@ class Session:
             clock=clock,
             wall_clock=wall_clock,
             ioloop=ioloop,
+            tls_context=tls_context,
         )
 
     def __repr__(self) -> str:
@@ -163,11 +171,11 @@ class Session:
         The session is marked closed at once (``send`` refuses from here on). A live
         connection gets a 1000 close frame and ``min(1 s, timeout_s / 2)`` to answer; a
         backoff wait ends at once; a connect or token request in flight is cut and its late
-        result discarded. From a callback (the loop thread) it does not wait.
+        result discarded. From a callback (the loop thread) it does not wait. A session
+        closed before ``start()`` emits its "closed" event on the caller's thread.
         """
         checks.number("timeout_s", timeout_s, low=0.0, unit="s", hint="0 does not wait")
-        self._core.close_wait_s = min(_CLOSE_WAIT_CAP_S, timeout_s / 2)
-        self._dialout.close()
+        self._dialout.close(close_wait_s=min(_CLOSE_WAIT_CAP_S, timeout_s / 2))
         if self._dialout.in_loop_thread():
             return
         if not self._dialout.ended.wait(timeout_s):

@@ -7,13 +7,17 @@ expires, ``margin_s`` early, and at once after ``invalidate()`` (a handshake ans
 
 The secret and every access token live in ``Secret`` wrappers whose repr is redacted, and
 no message built here contains them: a 4xx becomes an ``AuthError`` that names the cause
-(bad client, missing scope, wrong region) and the next step instead.
+(bad client, missing scope, wrong region) and the next step instead. Text taken from the
+endpoint's answer goes through ``redact``: an endpoint that echoes our Authorization
+header would otherwise hand back ``Basic base64(id:secret)``.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +27,7 @@ from typing import Any
 import requests
 
 from .. import checks
-from ..errors import AuthError, ConfigError, RateLimited, TransportError
+from ..errors import AuthError, ConfigError, RateLimited, TLSError, TransportError
 from .backoff import parse_retry_after
 from .urls import is_loopback_host, redact_url, split_url
 
@@ -31,6 +35,7 @@ __all__ = [
     "REGION_DOMAINS",
     "Secret",
     "TokenProvider",
+    "redact",
     "resolve_auth_url",
 ]
 
@@ -181,8 +186,9 @@ class TokenProvider:
     def token(self) -> str:
         """A bearer token fresh for at least the margin; fetched if the cached one is not.
 
-        Raises ``AuthError`` (credentials or scope refused: fatal), ``RateLimited`` (429)
-        or ``TransportError`` (network, TLS, 5xx: worth retrying).
+        Raises ``AuthError`` (credentials or scope refused: fatal), ``TLSError`` (the
+        endpoint's certificate was refused: fatal, like a ``wss://`` one), ``RateLimited``
+        (429) or ``TransportError`` (network, 5xx: worth retrying).
         """
         with self._lock:
             cached = self._token
@@ -233,7 +239,7 @@ class TokenProvider:
                 allow_redirects=False,
             )
         except requests.exceptions.SSLError as exc:
-            raise TransportError(
+            raise TLSError(
                 f"TLS verification of {self.token_url} failed; fix the server certificate "
                 "or the trust store (REQUESTS_CA_BUNDLE) rather than disabling verify"
             ) from exc
@@ -297,8 +303,31 @@ class TokenProvider:
         description = body.get("error_description") or body.get("description") or ""
         code_text = code if isinstance(code, str) else ""
         text = description if isinstance(description, str) else ""
-        text = text.replace(self._secret.reveal(), "***")[:_DESCRIPTION_CHARS]
-        return code_text[:40], text
+        secrets = self._credentials()
+        return redact(code_text, secrets)[:40], redact(text, secrets)[:_DESCRIPTION_CHARS]
+
+    def _credentials(self) -> tuple[str, ...]:
+        """Every form in which our secrets can come back in an answer: the raw secret, the
+        Basic credentials requests sent (RFC 7617: base64 of ``id:secret``) and the cached
+        token."""
+        secret = self._secret.reveal()
+        basic = base64.b64encode(
+            f"{self.client_id}:{secret}".encode("latin-1", "replace")
+        ).decode()
+        cached = self._token
+        return (secret, basic) if cached is None else (secret, basic, cached.value.reveal())
+
+
+_AUTH_SCHEME = re.compile(r"\b(Basic|Bearer)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """``text`` without any of ``secrets`` and without the credential of any ``Basic`` or
+    ``Bearer`` authorization it quotes (an endpoint may echo our header back)."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return _AUTH_SCHEME.sub(lambda match: f"{match.group(1)} ***", text)
 
 
 def _json_object(response: requests.Response) -> dict[str, Any] | None:

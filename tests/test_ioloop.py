@@ -1,0 +1,204 @@
+"""The shared I/O loop, and the two facts about the installed websocket-client the dial-out
+shell is built on: over a non-blocking socket its frame reader raises ``BlockingIOError``
+(TCP) or ``ssl.SSLWantReadError`` (TLS) instead of waiting, and resumes where it stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import select
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import websocket
+from websocket import ABNF
+
+from jitterline.errors import ConfigError
+from jitterline.transport import IOLoop
+from jitterline.transport.ioloop import EXECUTOR_WORKERS
+from transport_testkit import server_frame, tls_client_context, tls_server_context
+
+# -- the loop ------------------------------------------------------------------------------
+
+
+def test_the_loop_runs_callbacks_and_coroutines_on_its_named_thread() -> None:
+    seen: list[str] = []
+
+    def note() -> None:
+        seen.append(threading.current_thread().name)
+
+    async def where() -> str:
+        await asyncio.sleep(0)
+        return threading.current_thread().name
+
+    with IOLoop(name="test-io") as loop:
+        loop.call_soon_threadsafe(note)
+        assert loop.run(where()).result(5.0) == "test-io"  # runs after note: FIFO
+    assert seen == ["test-io"]
+
+
+def test_threads_are_the_loop_and_its_workers_started_up_front() -> None:
+    before = threading.active_count()
+    with IOLoop(name="test-io-count", workers=3) as loop:
+        names = sorted(t.name for t in threading.enumerate() if t.name.startswith("test-io-count"))
+        assert threading.active_count() == before + 1 + 3
+        futures = [loop.executor.submit(threading.get_ident) for _ in range(30)]
+        assert len({f.result(5.0) for f in futures}) <= 3
+        assert threading.active_count() == before + 1 + 3  # the load added no thread
+    assert names[0] == "test-io-count"
+    assert len(names) == 4
+
+
+def test_a_stopped_loop_refuses_work_and_stops_twice_quietly() -> None:
+    loop = IOLoop(name="test-io-stop").start()
+    loop.stop()
+    loop.stop()
+    loop.call_soon_threadsafe(lambda: None)  # ignored, no error
+
+    async def nothing() -> None:
+        return None
+
+    with pytest.raises(ConfigError, match="not running"):
+        loop.run(nothing())
+    with pytest.raises(ConfigError, match="starts once"):
+        loop.start()
+
+
+def test_the_shared_loop_is_one_per_process() -> None:
+    first = IOLoop.shared()
+    assert IOLoop.shared() is first
+    assert first.running
+    assert first.workers == EXECUTOR_WORKERS
+
+
+# -- websocket-client's frame reader over non-blocking sockets -----------------------------
+
+
+class CountingReader:
+    """``recv`` over a non-blocking socket, as the dial-out shell gives the frame reader."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.asked: list[int] = []
+
+    def recv(self, bufsize: int) -> bytes:
+        self.asked.append(bufsize)
+        data = self.sock.recv(bufsize)
+        if not data:
+            raise ConnectionResetError("peer closed")
+        return data
+
+
+@pytest.fixture
+def tcp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    client, server = socket.socketpair()
+    client.setblocking(False)
+    yield client, server
+    client.close()
+    server.close()
+
+
+def test_frame_reader_raises_blocking_io_error_and_resumes_mid_header_and_payload(
+    tcp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    client, server = tcp_pair
+    reader = CountingReader(client)
+    frames = websocket.frame_buffer(reader.recv, True)
+    wire = server_frame(ABNF.OPCODE_TEXT, b"x" * 300)  # 2 + 2 header bytes, 300 payload
+    for cut in (1, 3, 100):  # mid header, mid extended length, mid payload
+        server.sendall(wire[:cut])
+        wire = wire[cut:]
+        with pytest.raises(BlockingIOError):
+            frames.recv_frame()
+    server.sendall(wire)
+    frame = frames.recv_frame()
+    assert (frame.opcode, frame.data) == (ABNF.OPCODE_TEXT, b"x" * 300)
+    assert frames.header is None and frames.recv_buffer == []  # ready for the next frame
+
+
+def test_header_and_length_can_be_read_before_the_payload(
+    tcp_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """What the size cap relies on: the length is known while no payload byte was read."""
+    client, server = tcp_pair
+    reader = CountingReader(client)
+    frames = websocket.frame_buffer(reader.recv, True)
+    server.sendall(server_frame(ABNF.OPCODE_BINARY, b"\0" * 70_000))
+    frames.recv_header()
+    frames.recv_length()
+    assert frames.length == 70_000
+    assert reader.asked == [2, 8]  # header and 64-bit length only
+
+
+@pytest.fixture
+def tls_pair(tmp_path: Path) -> Iterator[tuple[ssl.SSLSocket, ssl.SSLSocket]]:
+    """A TLS connection over a socket pair, verified against the test certificate."""
+    raw_client, raw_server = socket.socketpair()
+    server_side: list[ssl.SSLSocket] = []
+
+    def accept() -> None:
+        server_side.append(tls_server_context(tmp_path).wrap_socket(raw_server, server_side=True))
+
+    thread = threading.Thread(target=accept, name="test-tls-accept")
+    thread.start()
+    client = tls_client_context(tmp_path).wrap_socket(raw_client, server_hostname="127.0.0.1")
+    thread.join(5.0)
+    client.setblocking(False)
+    yield client, server_side[0]
+    client.close()
+    server_side[0].close()
+
+
+def test_frame_reader_raises_ssl_want_read_and_resumes_over_tls(
+    tls_pair: tuple[ssl.SSLSocket, ssl.SSLSocket],
+) -> None:
+    client, server = tls_pair
+    frames = websocket.frame_buffer(CountingReader(client).recv, True)
+    wire = server_frame(ABNF.OPCODE_TEXT, b"y" * 5000)
+    server.sendall(wire[:2])
+    with pytest.raises(ssl.SSLWantReadError):
+        frames.recv_frame()
+    server.sendall(wire[2:2000])
+    with pytest.raises(ssl.SSLWantReadError):
+        frames.recv_frame()
+    server.sendall(wire[2000:])
+    assert frames.recv_frame().data == b"y" * 5000
+
+
+def test_tls_holds_decrypted_bytes_that_the_socket_does_not_show(
+    tls_pair: tuple[ssl.SSLSocket, ssl.SSLSocket],
+) -> None:
+    """Why the shell reads until the socket would block instead of one read per event:
+    after a small read the rest of a TLS record waits in ``pending()``, not in the kernel."""
+    client, server = tls_pair
+    server.sendall(server_frame(ABNF.OPCODE_TEXT, b"a") * 100)
+    frames = websocket.frame_buffer(CountingReader(client).recv, True)
+    while True:
+        try:
+            first = frames.recv_frame()
+            break
+        except ssl.SSLWantReadError:
+            threading.Event().wait(0.01)
+    assert first.data == b"a"
+    assert client.pending() > 0
+    readable, _, _ = select.select([client], [], [], 0)
+    assert readable == []  # epoll/select would never wake us for these bytes
+    rest = [frames.recv_frame().data for _ in range(99)]
+    assert rest == [b"a"] * 99
+
+
+def test_stop_from_a_callback_ends_the_loop_thread_without_joining_itself(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    loop = IOLoop(name="test-io-self-stop").start()
+    loop.call_soon_threadsafe(loop.stop)
+    for _ in range(500):
+        if not any(t.name == "test-io-self-stop" for t in threading.enumerate()):
+            break
+        threading.Event().wait(0.01)
+    assert not any(t.name == "test-io-self-stop" for t in threading.enumerate())
+    assert "Exception in callback" not in caplog.text  # stop() did not try to join itself
+    loop.stop()
