@@ -19,11 +19,12 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from ..codecs import OPUS_RATES
 from ..errors import ConfigError
 from ..frames import Samples
 from ..resample import Resampler
 
-__all__ = ["AudioSource", "ToneSource", "WavSource", "frame_samples"]
+__all__ = ["AudioSource", "ToneSource", "WavSource", "frame_samples", "stream_format"]
 
 _INT16_FULL_SCALE = 32767
 _BLOCK_FRAMES = 4096
@@ -50,6 +51,29 @@ def frame_samples(sample_rate: int, frame_ms: float) -> int:
             "frame; pick values giving a whole number >= 1 (e.g. 20 ms at 8000 Hz = 160)"
         )
     return int(count)
+
+
+_PCM_RATES = (8000, 192000)  # what the appfoundry dialect carries (docs/protocols.md)
+_PCM_MAX_CHANNELS = 8
+_OPUS_MAX_CHANNELS = 2
+
+
+def stream_format(codec: str, sample_rate: int, channels: int) -> int:
+    """The rate to stream audio of ``sample_rate`` and ``channels`` with ``codec``: its own
+    when the codec carries it, else the nearest one the codec does (the source is then
+    resampled). ``ConfigError`` for more channels than the codec carries: mixing down
+    would change what the user wanted to hear, so they choose."""
+    opus = codec.strip().upper() == "OPUS"
+    most = _OPUS_MAX_CHANNELS if opus else _PCM_MAX_CHANNELS
+    if not 1 <= channels <= most:
+        raise ConfigError(
+            f"{codec} carries 1 to {most} channels, the audio has {channels}; mix it down "
+            "first (e.g. sox in.wav -c 1 out.wav) or pick another codec"
+        )
+    if opus:
+        return next((rate for rate in OPUS_RATES if rate >= sample_rate), OPUS_RATES[-1])
+    low, high = _PCM_RATES
+    return min(max(sample_rate, low), high)
 
 
 @dataclass(frozen=True, slots=True)
