@@ -10,32 +10,20 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
-from reactivex import Observable
-from reactivex.notification import OnNext
-from reactivex.testing import ReactiveTest, TestScheduler
-
-from jitterline import AudioFrame, Message, PipelineConfig, PluginHost, Stats, hookimpl
+from audio_testkit import AMPLITUDE, chunks, run_pipeline, tone
+from jitterline import AudioFrame, PipelineConfig, PluginHost, Stats, hookimpl
 from jitterline.codecs import OPUS_RATES, StreamCodec, opus_packet_duration_ms
 from jitterline.emulator import PROFILES, Emulator, ToneSource
 from jitterline.errors import CodecError
 from jitterline.live import SessionOptions, run_live
 from jitterline.protocols.appfoundry import audio_chunk_message
-from jitterline.stages import build_pipeline
 from jitterline_plugins import opus
 from jitterline_plugins.opus import OPUS, OpusDecoder, OpusEncoder
 
 TONE_HZ = 440.0
-AMPLITUDE = 0.3
 ROUND_TRIP_SNR_DB = 20.0
 """Measured 30-37 dB for these tones at 32 kbit/s VoIP (libopus 1.3.1); 20 dB leaves room
 for other libopus versions while still failing on a wrong rate, a lost frame or noise."""
-
-
-def tone(rate: int, count: int, *, freq_hz: float = TONE_HZ) -> npt.NDArray[np.int16]:
-    index = np.arange(count)
-    return np.rint(AMPLITUDE * 32767 * np.sin(2 * np.pi * freq_hz * index / rate)).astype(
-        np.int16
-    )
 
 
 def best_snr_db(source: npt.NDArray[np.int16], decoded: npt.NDArray[np.int16], lag_max: int) -> float:
@@ -127,46 +115,20 @@ def test_without_libopus_a_stream_asking_for_opus_gets_one_clear_line(
 
 
 def opus_messages(
-    rate: int, frame_ms: float, frames: int, *, drop: set[int]
-) -> tuple[list[tuple[float, str]], npt.NDArray[np.int16], list[bytes]]:
+    rate: int, frame_ms: float, frames: int, *, drop: frozenset[int] = frozenset()
+) -> list[tuple[float, str]]:
     count = round(rate * frame_ms / 1000)
     source = tone(rate, count * frames)
     encoder = OpusEncoder(rate, 1)
     packets = [encoder.encode(source[i * count : (i + 1) * count]) for i in range(frames)]
-    arrivals = []
-    for seq, packet in enumerate(packets):
-        capture = 1_700_000_000.0 + seq * frame_ms / 1000
-        text = audio_chunk_message(
-            packet, seq=seq, capture_wall_s=capture, sent_wall_s=capture, codec="OPUS", rate=rate
-        )
-        if seq not in drop:
-            arrivals.append((1.0 + seq * frame_ms / 1000, text))
-    return arrivals, source, packets
-
-
-def run_pipeline(
-    arrivals: list[tuple[float, str]], host: PluginHost, config: PipelineConfig
-) -> list[AudioFrame | Stats]:
-    scheduler = TestScheduler()
-    records = [ReactiveTest.on_next(t, Message(text, arrival_s=t)) for t, text in arrivals]  # type: ignore[arg-type]
-    end_s = arrivals[-1][0] + 1.0
-    source = scheduler.create_hot_observable(*records, ReactiveTest.on_completed(end_s))  # type: ignore[arg-type]
-
-    def create() -> Observable[AudioFrame | Stats]:
-        return build_pipeline(source, scheduler=scheduler, config=config, host=host).output
-
-    observer = scheduler.start(create, created=0.25, subscribed=0.5, disposed=end_s + 1)
-    return [m.value.value for m in observer.messages if isinstance(m.value, OnNext)]
-
-
-FIXED_60 = PipelineConfig(buffer_policy="fixed", buffer_ms=60.0)
+    return chunks(packets, codec="OPUS", rate=rate, frame_ms=frame_ms, drop=drop)
 
 
 def test_a_lost_frame_is_replaced_by_the_decoders_concealment_not_zeros() -> None:
-    arrivals, source, _ = opus_messages(8000, 20.0, 50, drop={25})
+    arrivals = opus_messages(8000, 20.0, 50, drop=frozenset({25}))
     host = PluginHost(load_entrypoints=False, plugins=[opus.plugin])
 
-    output = run_pipeline(arrivals, host, FIXED_60)
+    output = run_pipeline(arrivals, host)
 
     # Only the stream's own 50 slots: what the buffer does after the last frame is its own rule.
     frames = [item for item in output if isinstance(item, AudioFrame) and item.seq < 50]
@@ -201,7 +163,7 @@ def test_fec_in_the_next_packet_brings_back_the_lost_frame_closer_than_plc() -> 
 
 
 def test_a_packet_the_rfc_refuses_is_malformed_on_arrival_and_the_stream_goes_on() -> None:
-    arrivals, _, _ = opus_messages(8000, 20.0, 20, drop=set())
+    arrivals = opus_messages(8000, 20.0, 20)
     t, _ = arrivals[10]
     arrivals[10] = (
         t,
@@ -211,7 +173,7 @@ def test_a_packet_the_rfc_refuses_is_malformed_on_arrival_and_the_stream_goes_on
     )
     host = PluginHost(load_entrypoints=False, plugins=[opus.plugin])
 
-    output = run_pipeline(arrivals, host, FIXED_60)
+    output = run_pipeline(arrivals, host)
 
     stats = [item for item in output if isinstance(item, Stats)][-1]
     assert stats.frames.malformed == 1
