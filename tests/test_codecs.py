@@ -25,6 +25,8 @@ from jitterline.codecs import (
     decode,
     duration_ms,
     encode,
+    opus_packet_duration_ms,
+    payload_duration_ms,
 )
 from jitterline.errors import CodecError, ConfigError
 
@@ -343,3 +345,80 @@ def test_duration_refuses_bad_configuration(
 def test_duration_refuses_a_partial_stereo_sample() -> None:
     with pytest.raises(CodecError, match="161 bytes of PCMU with 2 channel"):
         duration_ms(161, "PCMU", 8000, 2)
+
+
+# --- wideband PCM and Opus packet durations (RFC 6716 section 3) -----------------------------
+
+
+@pytest.mark.parametrize("codec", [L16, L16BE])
+@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("rate", [8000, 16000, 24000, 48000])
+def test_l16_at_every_rate_and_byte_order_lasts_its_bytes(
+    codec: Codec, channels: int, rate: int
+) -> None:
+    samples = np.arange(-(rate // 50) * channels, 0, dtype=np.int16) * 7
+    payload = codec.encode(samples)
+    assert len(payload) == rate // 50 * channels * 2
+    assert payload_duration_ms(payload, codec.name, rate, channels) == 20.0
+    assert np.array_equal(codec.decode(payload), samples)
+
+
+def test_a_16khz_l16_frame_of_640_bytes_lasts_20_ms() -> None:
+    assert duration_ms(640, "L16", 16000, 1) == 20.0
+    assert payload_duration_ms(bytes(640), "L16BE", 16000, 1) == 20.0
+
+
+def toc(config: int, code: int, *, stereo: bool = False) -> int:
+    return config << 3 | int(stereo) << 2 | code
+
+
+@pytest.mark.parametrize(
+    ("packet", "expected_ms"),
+    [
+        (bytes([toc(0, 0)]), 10.0),  # SILK NB 10 ms
+        (bytes([toc(1, 0)]), 20.0),
+        (bytes([toc(2, 0)]), 40.0),
+        (bytes([toc(11, 0)]), 60.0),  # SILK WB 60 ms
+        (bytes([toc(12, 0)]), 10.0),  # hybrid SWB 10 ms
+        (bytes([toc(15, 0)]), 20.0),
+        (bytes([toc(16, 0)]), 2.5),  # CELT NB 2.5 ms
+        (bytes([toc(31, 0, stereo=True)]), 20.0),
+        (bytes([toc(1, 1), 1, 2]), 40.0),  # two equal 20 ms frames
+        (bytes([toc(1, 2), 1, 2, 3]), 40.0),  # two frames of different sizes
+        (bytes([toc(16, 3), 48]), 120.0),  # 48 x 2.5 ms, the most a packet holds
+        (bytes([toc(3, 3), 2]), 120.0),
+    ],
+)
+def test_opus_packet_duration_comes_from_the_toc(packet: bytes, expected_ms: float) -> None:
+    assert opus_packet_duration_ms(packet) == expected_ms
+    assert payload_duration_ms(packet, "opus", 48000, 2) == expected_ms
+
+
+@pytest.mark.parametrize(
+    ("packet", "rule"),
+    [
+        (b"", "R1"),
+        (bytes([toc(1, 1), 1]), "R3"),  # code 1 with an odd body
+        (bytes([toc(1, 3)]), "R5"),  # code 3 without its count byte
+        (bytes([toc(1, 3), 0]), "R5"),  # code 3 with no frame
+        (bytes([toc(3, 3), 3]), "R5"),  # 3 x 60 ms = 180 ms
+    ],
+)
+def test_opus_packets_the_rfc_refuses_raise_codec_error(packet: bytes, rule: str) -> None:
+    with pytest.raises(CodecError, match=rule):
+        opus_packet_duration_ms(packet)
+
+
+@given(st.binary(max_size=20))
+def test_any_bytes_give_an_opus_duration_or_codec_error(packet: bytes) -> None:
+    try:
+        duration = opus_packet_duration_ms(packet)
+    except CodecError:
+        return
+    assert duration in {2.5 * n for n in range(1, 49)}
+    assert 2.5 <= duration <= 120.0
+
+
+def test_opus_duration_still_needs_a_media_description() -> None:
+    with pytest.raises(ConfigError, match="sample_rate=0"):
+        payload_duration_ms(bytes([toc(1, 0)]), "OPUS", 0, 1)
