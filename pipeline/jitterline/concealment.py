@@ -104,13 +104,13 @@ def pitch_period(history: _Float, sample_rate: int) -> int:
     if history.size < low + window:
         return int(history.size)
     high = min(high, history.size - window)
-    target = history[-window:]
+    # Index j of the correlation is the span starting at sample j, i.e. lag size - window - j.
+    products = np.correlate(history, history[-window:], mode="valid")
+    squares = np.concatenate(([0.0], np.cumsum(history * history)))
+    energy = squares[window:] - squares[:-window]
     lags = np.arange(low, high + 1)
     starts = history.size - window - lags
-    index = starts[:, None] + np.arange(window)[None, :]
-    candidates = history[index]
-    energy = np.einsum("ij,ij->i", candidates, candidates)
-    score = candidates @ target / np.sqrt(np.maximum(energy, 1e-9))
+    score = products[starts] / np.sqrt(np.maximum(energy[starts], 1e-9))
     return int(lags[int(np.argmax(score))])
 
 
