@@ -21,7 +21,9 @@ START_S = 1.0
 FIXED_60 = PipelineConfig(buffer_policy="fixed", buffer_ms=60.0)
 
 
-def tone(rate: int, count: int, *, freq_hz: float = 440.0, channels: int = 1) -> npt.NDArray[np.int16]:
+def tone(
+    rate: int, count: int, *, freq_hz: float = 440.0, channels: int = 1
+) -> npt.NDArray[np.int16]:
     """A sine at ``AMPLITUDE`` of full scale; with more channels, interleaved copies."""
     index = np.arange(count)
     mono = np.rint(AMPLITUDE * 32767 * np.sin(2 * np.pi * freq_hz * index / rate))

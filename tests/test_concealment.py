@@ -3,6 +3,7 @@ and the WAV it gives through the whole pipeline, against silence as the counter-
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +84,7 @@ def test_the_repeat_fades_out_and_is_silent_after_60_ms() -> None:
     levels = [np.abs(out[i * size : (i + 1) * size]).max() for i in range(10, 18)]
     full = np.abs(source).max()
     assert levels[0] >= 0.95 * full  # the first FADE_START_MS at full level
-    assert all(later < earlier for earlier, later in zip(levels[1:6], levels[2:6]))
+    assert all(later < earlier for earlier, later in itertools.pairwise(levels[1:6]))
     assert levels[6] == levels[7] == 0.0  # 60 ms and on: silence
     assert FADE_START_MS == 10.0
 
@@ -162,7 +163,9 @@ def test_speech_concealment_keeps_the_wav_continuous_across_a_lost_frame(
 
 def test_silence_concealment_breaks_that_bound_so_the_test_can_fail(tmp_path: Path) -> None:
     size = 160
-    source, written, _ = tone_wav(tmp_path, "silence", rate=8000, codec="L16", lost=frozenset({20}))
+    source, written, _ = tone_wav(
+        tmp_path, "silence", rate=8000, codec="L16", lost=frozenset({20})
+    )
     assert edge_steps(written, size, [20]) > EDGE_STEP_FACTOR * natural_step(source)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+
 from audio_testkit import AMPLITUDE, chunks, run_pipeline, tone
 from jitterline import AudioFrame, PipelineConfig, PluginHost, Stats, hookimpl
 from jitterline.codecs import OPUS_RATES, StreamCodec, opus_packet_duration_ms
@@ -26,7 +27,9 @@ ROUND_TRIP_SNR_DB = 20.0
 for other libopus versions while still failing on a wrong rate, a lost frame or noise."""
 
 
-def best_snr_db(source: npt.NDArray[np.int16], decoded: npt.NDArray[np.int16], lag_max: int) -> float:
+def best_snr_db(
+    source: npt.NDArray[np.int16], decoded: npt.NDArray[np.int16], lag_max: int
+) -> float:
     """SNR of ``decoded`` against ``source`` at the best lag up to ``lag_max`` (the codec's
     delay), skipping the first 100 ms while the encoder settles."""
     skip = len(source) // 10
@@ -79,7 +82,10 @@ def test_stereo_decodes_interleaved_and_keeps_the_channels_apart(rate: int) -> N
     encoder, decoder = OpusEncoder(rate, 2), OpusDecoder(rate, 2)
     width = count * 2
     out = np.concatenate(
-        [decoder.decode(encoder.encode(stereo[i : i + width])) for i in range(0, stereo.size, width)]
+        [
+            decoder.decode(encoder.encode(stereo[i : i + width]))
+            for i in range(0, stereo.size, width)
+        ]
     ).reshape(-1, 2)
     assert out.shape == (count * 20, 2)
     later = out[count * 5 :].astype(np.float64)

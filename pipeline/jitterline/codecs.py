@@ -42,9 +42,9 @@ from .registry import Registry
 __all__ = [
     "L16",
     "L16BE",
+    "OPUS_RATES",
     "PCMA",
     "PCMU",
-    "OPUS_RATES",
     "Codec",
     "FrameDecoder",
     "FrameEncoder",

@@ -149,7 +149,8 @@ def _continuation(state: PitchState, count: int) -> _Float:
     if period == 0:
         return np.zeros((count, state.channels))
     positions = np.arange(state.position, state.position + count)
-    return state.cycle[positions % period] * _gain(positions, state.sample_rate)[:, None]
+    faded: _Float = state.cycle[positions % period] * _gain(positions, state.sample_rate)[:, None]
+    return faded
 
 
 def _gain(positions: npt.NDArray[np.int64], sample_rate: int) -> _Float:

@@ -31,7 +31,7 @@ _MISSING = (
 
 def _soxr() -> Any:
     try:
-        import soxr
+        import soxr  # type: ignore[import-untyped]  # ships no py.typed
     except ImportError as exc:
         raise ConfigError(_MISSING) from exc
     return soxr

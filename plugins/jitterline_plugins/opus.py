@@ -62,7 +62,9 @@ def _lib() -> Any:
     try:
         lib = ctypes.CDLL(name)
     except OSError as exc:
-        raise CodecError(f"Opus needs libopus, which was not found ({exc}); {_INSTALL_HINT}")
+        raise CodecError(
+            f"Opus needs libopus, which was not found ({exc}); {_INSTALL_HINT}"
+        ) from exc
     lib.opus_get_version_string.restype = ctypes.c_char_p
     lib.opus_strerror.restype = ctypes.c_char_p
     lib.opus_strerror.argtypes = [ctypes.c_int]
@@ -157,7 +159,7 @@ class OpusDecoder:
                 f"libopus could not decode the packet ({_error(count)}); the packet is "
                 "corrupt or not Opus, and is concealed instead"
             )
-        samples = self._pcm[: count * self.channels].copy()
+        samples: Samples = self._pcm[: count * self.channels].copy()
         samples.flags.writeable = False
         return samples
 
@@ -200,7 +202,9 @@ class OpusEncoder:
 
     def _ctl(self, request: int, value: Any) -> None:
         arg = value if not isinstance(value, int) else ctypes.c_int32(value)
-        code = self._lib.opus_encoder_ctl(ctypes.c_void_p(self._handle), ctypes.c_int(request), arg)
+        code = self._lib.opus_encoder_ctl(
+            ctypes.c_void_p(self._handle), ctypes.c_int(request), arg
+        )
         if code != 0:
             raise CodecError(f"opus_encoder_ctl({request}) failed: {_error(code)}")
 
@@ -213,7 +217,11 @@ class OpusEncoder:
             )
         frame_size = pcm.size // self.channels
         size = self._lib.opus_encode(
-            self._handle, pcm.ctypes.data_as(_Int16Ptr), frame_size, self._packet, len(self._packet)
+            self._handle,
+            pcm.ctypes.data_as(_Int16Ptr),
+            frame_size,
+            self._packet,
+            len(self._packet),
         )
         if size < 0:
             raise CodecError(
