@@ -191,19 +191,30 @@ class PlayoutDecoder:
         self._decoder: tuple[tuple[str, int, int], FrameDecoder] | None = None
         self._pitch: PitchState | None = None
         self._failed = False
+        self._kinds: dict[str, tuple[Codec, StreamCodec | None]] = {}
+
+    def _codec(self, name: str) -> tuple[Codec, StreamCodec | None]:
+        """The registry's codec and, if it has state across frames, the same object as a
+        ``StreamCodec``: decided once per name, because a protocol ``isinstance`` inspects
+        the object's members, too slow to repeat on every frame of every stream."""
+        kind = self._kinds.get(name)
+        if kind is None:
+            codec = self._codecs.get(name)
+            kind = self._kinds[name] = (codec, codec if isinstance(codec, StreamCodec) else None)
+        return kind
 
     def arrived(self, frame: AudioFrame) -> None:
         """A frame the buffer kept: its payload may carry FEC for the one before it."""
-        if not isinstance(self._codecs.get(frame.codec), StreamCodec):
+        if self._codec(frame.codec)[1] is None:
             return
         self._pending[frame.seq] = frame.payload
         if len(self._pending) > self._capacity:
             del self._pending[min(self._pending)]
 
     def play(self, frame: AudioFrame) -> AudioFrame:
-        codec = self._codecs.get(frame.codec)
-        if isinstance(codec, StreamCodec):
-            return self._play_stateful(codec, frame)
+        codec, stateful = self._codec(frame.codec)
+        if stateful is not None:
+            return self._play_stateful(stateful, frame)
         if self._speech and frame.samples is not None:
             return self._play_pcm(codec, frame, frame.samples)
         return frame
@@ -233,7 +244,7 @@ class PlayoutDecoder:
             self._failed = True
             log.warning(
                 "stream %s: frame %d passed the arrival check but did not decode (%s); "
-                "concealed, later ones only counted in the frames' samples",
+                "concealed instead, and so are later ones, without another log line",
                 frame.stream_id,
                 frame.seq,
                 exc,

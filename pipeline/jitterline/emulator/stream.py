@@ -82,7 +82,7 @@ class LiveStream:
         if total_frames is not None and total_frames < 1:
             raise ConfigError(f"total_frames={total_frames} must be >= 1 or None (endless)")
         if encoder is None:
-            bytes_per_sample(codec)  # ConfigError now, not on the first frame, if unknown
+            _check_builtin(codec)
         self._encoder = encoder
         self._channels = channels
         self._model = model
@@ -197,6 +197,17 @@ class LiveStream:
         # The push counter breaks ties: a malformed message precedes its frame.
         heapq.heappush(self._queue, (item.due_s, self._pushed, item))
         self._pushed += 1
+
+
+def _check_builtin(codec: str) -> None:
+    """A codec without an encoder must be a built-in: refused now, not on the first frame."""
+    try:
+        bytes_per_sample(codec)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{exc}; a plugin's codec (OPUS) streams through its encoder: pass "
+            f"encoder=host.codecs.get({codec!r}).encoder(sample_rate, channels)"
+        ) from exc
 
 
 def malformed_text(kind: MalformedKind, chunk: str) -> str:
