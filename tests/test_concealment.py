@@ -14,15 +14,17 @@ from hypothesis import strategies as st
 
 from audio_testkit import chunks, read_wav, run_pipeline, tone
 from jitterline import AudioFrame, PipelineConfig, PluginHost
-from jitterline.codecs import L16, PCMU
+from jitterline.codecs import L16, PCMU, builtin_codecs
 from jitterline.concealment import (
     FADE_START_MS,
     PitchState,
+    PlayoutDecoder,
     conceal,
     pitch_period,
     receive,
 )
 from jitterline.errors import ConfigError
+from jitterline.frames import Samples
 from jitterline_plugins.wav_sink import WavSink
 
 EDGE_STEP_FACTOR = 1.5
@@ -172,3 +174,46 @@ def test_silence_concealment_breaks_that_bound_so_the_test_can_fail(tmp_path: Pa
 def test_an_unknown_concealment_is_refused_by_the_config() -> None:
     with pytest.raises(ConfigError, match="silence, repeat, speech"):
         PipelineConfig(conceal="noise")  # type: ignore[arg-type]
+
+
+class _Raising:
+    """A plugin's stateful codec with a bug: every decode and concealment raises."""
+
+    name = "BROKEN"
+    bytes_per_sample = 0
+    silence_byte = 0
+
+    def check(self, payload: bytes, sample_rate: int, channels: int) -> None:
+        return None
+
+    def decoder(self, sample_rate: int, channels: int) -> _Raising:
+        return self
+
+    def encoder(self, sample_rate: int, channels: int) -> _Raising:
+        return self
+
+    def decode(self, payload: bytes) -> npt.NDArray[np.int16]:
+        raise RuntimeError("bug")
+
+    def conceal(self, samples_per_channel: int, next_payload: bytes | None = None) -> Samples:
+        raise RuntimeError("bug")
+
+    def encode(self, samples: npt.ArrayLike) -> bytes:
+        raise RuntimeError("bug")
+
+
+def test_a_stateful_codec_that_raises_costs_the_frame_its_audio_not_the_stream(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = builtin_codecs()
+    registry.register("BROKEN", _Raising())
+    playout = PlayoutDecoder(registry)
+    frames = [
+        AudioFrame("s", seq, seq * 20.0, "BROKEN", 8000, 2, b"x", 20.0, 0.0, playout_s=0.0)
+        for seq in range(3)
+    ]
+    played = [playout.play(frame) for frame in frames]
+    for frame in played:
+        assert frame.samples is not None and frame.samples.size == 320
+        assert not frame.samples.any()
+    assert sum("did not decode" in r.message for r in caplog.records) == 1

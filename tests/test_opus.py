@@ -10,10 +10,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from audio_testkit import AMPLITUDE, chunks, run_pipeline, tone
 from jitterline import AudioFrame, PipelineConfig, PluginHost, Stats, hookimpl
 from jitterline.codecs import OPUS_RATES, StreamCodec, opus_packet_duration_ms
+from jitterline.concealment import PlayoutDecoder
 from jitterline.emulator import PROFILES, Emulator, ToneSource
 from jitterline.errors import CodecError
 from jitterline.live import SessionOptions, run_live
@@ -220,3 +223,38 @@ def test_a_tone_round_trips_through_the_endpoint_and_the_pipeline(
     source = tone(rate, decoded.size)
     lag_max = encoder.lookahead_samples + round(rate * frame_ms / 1000)
     assert best_snr_db(source, decoded, lag_max) >= ROUND_TRIP_SNR_DB
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=80), min_size=1, max_size=8))
+def test_garbage_that_passes_the_toc_check_never_breaks_playout(packets: list[bytes]) -> None:
+    """libopus may still refuse a packet whose TOC is fine: playout conceals it instead."""
+    playout = PlayoutDecoder(PluginHost(load_entrypoints=False, plugins=[opus.plugin]).codecs)
+    for seq, packet in enumerate(packets):
+        try:
+            duration_ms = opus_packet_duration_ms(packet)
+        except CodecError:
+            continue
+        frame = AudioFrame(
+            stream_id="s",
+            seq=seq,
+            media_ms=seq * duration_ms,
+            codec="OPUS",
+            sample_rate=16000,
+            channels=1,
+            payload=packet,
+            duration_ms=duration_ms,
+            arrival_s=0.0,
+            playout_s=0.0,
+        )
+        played = playout.play(frame)
+        assert played.samples is not None
+        assert played.samples.size == round(duration_ms * 16)
+
+
+def test_fec_from_a_next_packet_libopus_refuses_falls_back_to_plc() -> None:
+    decoder = OpusDecoder(8000, 1)
+    decoder.decode(OpusEncoder(8000, 1).encode(tone(8000, 160)))
+    broken = bytes([0x0A, 0xFF])  # code 2: a length byte announcing a second byte it lacks
+    assert opus_packet_duration_ms(broken) == 40.0  # its TOC is fine
+    assert decoder.conceal(160, broken).size == 160

@@ -220,17 +220,25 @@ class PlayoutDecoder:
         return frame
 
     def _play_stateful(self, codec: StreamCodec, frame: AudioFrame) -> AudioFrame:
+        """Decode (or conceal) at playout. Whatever the codec raises costs this frame its
+        audio, never the stream: a received frame that does not decode is concealed, and a
+        concealment that fails plays silence; the first failure is logged."""
         self._pending.pop(frame.seq, None)
-        decoder = self._decoder_for(codec, frame)
         count = round(frame.duration_ms * frame.sample_rate / 1000)
-        if frame.concealed:
-            samples = decoder.conceal(count, self._pending.get(frame.seq + 1))
-        else:
-            try:
-                samples = decoder.decode(frame.payload)
-            except CodecError as exc:
-                self._note_failure(frame, exc)
-                samples = decoder.conceal(count)
+        try:
+            decoder = self._decoder_for(codec, frame)
+            if frame.concealed:
+                samples = decoder.conceal(count, self._pending.get(frame.seq + 1))
+            else:
+                try:
+                    samples = decoder.decode(frame.payload)
+                except Exception as exc:
+                    self._note_failure(frame, exc)
+                    samples = decoder.conceal(count)
+        except Exception as exc:
+            self._note_failure(frame, exc)
+            samples = np.zeros(count * frame.channels, dtype=np.int16)
+            samples.flags.writeable = False
         return replace(frame, samples=samples)
 
     def _decoder_for(self, codec: StreamCodec, frame: AudioFrame) -> FrameDecoder:
@@ -239,7 +247,7 @@ class PlayoutDecoder:
             self._decoder = (key, codec.decoder(frame.sample_rate, frame.channels))
         return self._decoder[1]
 
-    def _note_failure(self, frame: AudioFrame, exc: CodecError) -> None:
+    def _note_failure(self, frame: AudioFrame, exc: Exception) -> None:
         if not self._failed:
             self._failed = True
             log.warning(
@@ -248,6 +256,8 @@ class PlayoutDecoder:
                 frame.stream_id,
                 frame.seq,
                 exc,
+                # Our own errors describe the input; anything else is a bug worth a trace.
+                exc_info=None if isinstance(exc, CodecError) else exc,
             )
 
     def _play_pcm(self, codec: Codec, frame: AudioFrame, samples: Samples) -> AudioFrame:

@@ -146,9 +146,12 @@ class OpusDecoder:
                 f"last 2.5 to {_MAX_FRAME_MS} ms"
             )
         if next_payload:
-            return self._run(
-                _bytes_ptr(next_payload), len(next_payload), samples_per_channel, fec=True
-            )
+            try:
+                return self._run(
+                    _bytes_ptr(next_payload), len(next_payload), samples_per_channel, fec=True
+                )
+            except CodecError:
+                pass  # a next packet libopus refuses carries no usable FEC: plain PLC
         return self._run(None, 0, samples_per_channel, fec=False)
 
     def _run(self, data: Any, size: int, frame_size: int, *, fec: bool) -> Samples:
