@@ -1,4 +1,5 @@
-"""Codecs against PROTOCOLS.md section 5 and an independent scalar port of Sun's g711.c.
+"""Codecs against docs/protocols.md ("G.711 and L16", "Codecs") and an independent scalar
+port of Sun's g711.c.
 
 The scalar functions below are written the way g711.c (as CPython's ``audioop`` carried it)
 reads, one code or sample at a time, so that they share no code or layout with the
@@ -7,6 +8,8 @@ table-driven implementation they check.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -14,6 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from audio_testkit import chunks, read_wav, run_pipeline
+from jitterline import AudioFrame, PipelineConfig, PluginHost, Stats
 from jitterline.codecs import (
     L16,
     L16BE,
@@ -29,6 +34,7 @@ from jitterline.codecs import (
     payload_duration_ms,
 )
 from jitterline.errors import CodecError, ConfigError
+from jitterline_plugins.wav_sink import WavSink
 
 ALL_CODECS: list[Codec] = [L16, L16BE, PCMU, PCMA]
 INT16_SAMPLES = arrays(np.int16, st.integers(0, 200))
@@ -422,3 +428,35 @@ def test_any_bytes_give_an_opus_duration_or_codec_error(packet: bytes) -> None:
 def test_opus_duration_still_needs_a_media_description() -> None:
     with pytest.raises(ConfigError, match="sample_rate=0"):
         payload_duration_ms(bytes([toc(1, 0)]), "OPUS", 0, 1)
+
+
+# --- 16 kHz L16 through the whole pipeline ---------------------------------------------------
+
+
+def test_16khz_l16_through_the_pipeline_has_right_durations_jitter_and_wav(
+    tmp_path: Path,
+) -> None:
+    """Every other frame 5 ms late: RFC 3550's J is computed here the way section 6.4.1 says
+    (J += (|D| - J) / 16), independently of the latency window's own code."""
+    rate, size, count = 16000, 320, 60
+    source = (np.arange(size * count) % 2000 - 1000).astype(np.int16) * 9
+    payloads = [L16.encode(source[i * size : (i + 1) * size]) for i in range(count)]
+    assert {len(p) for p in payloads} == {640}
+    arrivals = chunks(payloads, codec="L16", rate=rate, frame_ms=20.0)
+    arrivals = [(t + (0.005 if i % 2 else 0.0), text) for i, (t, text) in enumerate(arrivals)]
+    sink = WavSink(tmp_path / "wide.wav")
+    host = PluginHost(load_entrypoints=False, plugins=[sink])
+
+    output = run_pipeline(arrivals, host, PipelineConfig(buffer_policy="fixed", buffer_ms=60.0))
+
+    played = [f for f in output if isinstance(f, AudioFrame) and not f.concealed]
+    assert {f.duration_ms for f in played} == {20.0}
+    assert [f.seq for f in played] == list(range(len(played)))
+    jitter = 0.0
+    for _ in range(count - 1):
+        jitter += (5.0 - jitter) / 16
+    stats = [item for item in output if isinstance(item, Stats)][-1]
+    assert stats.latency.jitter_rfc3550_ms == pytest.approx(jitter, abs=1e-6)
+    params, written = read_wav(tmp_path / "wide.wav")
+    assert (params.framerate, params.nchannels) == (16000, 1)
+    assert np.array_equal(written[: len(played) * size], source[: len(played) * size])
