@@ -121,11 +121,11 @@ def _demo_audio(args: argparse.Namespace, host: PluginHost) -> dict[str, Any]:
         source: ToneSource | WavSource = ToneSource()
         rate, channels, duration_s = 8000, 1, args.duration or DEMO_DURATION_S
     else:
-        wav = WavSource(args.audio, mono=False, loop=False)
-        channels = wav.channels
-        rate = stream_format(codec_name, wav.sample_rate, channels)
-        source = WavSource(args.audio, mono=False, loop=False, resample=rate != wav.sample_rate)
-        duration_s = args.duration or wav.duration_s
+        # resample=True only converts when asked for another rate than the file's.
+        source = WavSource(args.audio, mono=False, loop=False, resample=True)
+        channels = source.channels
+        rate = stream_format(codec_name, source.sample_rate, channels)
+        duration_s = args.duration or source.duration_s
     encoder = codec.encoder(rate, channels) if isinstance(codec, StreamCodec) else None
     return {
         "codec": codec_name,
