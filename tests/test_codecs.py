@@ -25,11 +25,13 @@ from jitterline.codecs import (
     PCMA,
     PCMU,
     Codec,
+    StreamCodec,
     builtin_codecs,
     bytes_per_sample,
     decode,
     duration_ms,
     encode,
+    is_stream_codec,
     opus_packet_duration_ms,
     payload_duration_ms,
 )
@@ -460,3 +462,9 @@ def test_16khz_l16_through_the_pipeline_has_right_durations_jitter_and_wav(
     params, written = read_wav(tmp_path / "wide.wav")
     assert (params.framerate, params.nchannels) == (16000, 1)
     assert np.array_equal(written[: len(played) * size], source[: len(played) * size])
+
+
+@pytest.mark.parametrize("codec", ALL_CODECS)
+def test_the_builtins_are_stateless_codecs_decoded_on_arrival(codec: Codec) -> None:
+    assert not is_stream_codec(codec)
+    assert not isinstance(codec, StreamCodec)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from audio_testkit import AMPLITUDE, chunks, run_pipeline, tone
 from jitterline import AudioFrame, PipelineConfig, PluginHost, Stats, hookimpl
-from jitterline.codecs import OPUS_RATES, StreamCodec, opus_packet_duration_ms
+from jitterline.codecs import OPUS_RATES, StreamCodec, is_stream_codec, opus_packet_duration_ms
 from jitterline.concealment import PlayoutDecoder
 from jitterline.emulator import PROFILES, Emulator, ToneSource
 from jitterline.errors import CodecError
@@ -63,7 +63,7 @@ def test_opus_is_registered_through_the_codec_hook_like_a_third_party_codec() ->
     host = PluginHost(load_entrypoints=False, plugins=[opus.plugin])
     codec = host.codecs.get("opus")
     assert codec is OPUS
-    assert isinstance(codec, StreamCodec)
+    assert isinstance(codec, StreamCodec) and is_stream_codec(codec)
     assert "opus" not in PluginHost(load_entrypoints=False).codecs
 
 

@@ -29,8 +29,10 @@ checks its packets on arrival and decodes them at playout, in seq order, through
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from functools import cache
+from typing import Literal, Protocol, TypeGuard, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -56,6 +58,7 @@ __all__ = [
     "decode",
     "duration_ms",
     "encode",
+    "is_stream_codec",
     "opus_packet_duration_ms",
     "payload_duration_ms",
 ]
@@ -125,6 +128,21 @@ class StreamCodec(Protocol):
     def decoder(self, sample_rate: int, channels: int) -> FrameDecoder: ...
 
     def encoder(self, sample_rate: int, channels: int) -> FrameEncoder: ...
+
+
+_STREAM_MEMBERS = ("check", "decoder", "encoder")
+
+
+def is_stream_codec(codec: object) -> TypeGuard[StreamCodec]:
+    """``isinstance(codec, StreamCodec)`` for the decode stage's hot path: a runtime protocol
+    check costs about 30 us on Python 3.11 (five PCMU decodes); this one looks at the
+    codec's class, once per class."""
+    return _has_stream_methods(type(codec))
+
+
+@cache
+def _has_stream_methods(kind: Hashable) -> bool:
+    return all(callable(getattr(kind, name, None)) for name in _STREAM_MEMBERS)
 
 
 @dataclass(frozen=True, slots=True)

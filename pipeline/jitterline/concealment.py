@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import numpy.typing as npt
 
-from .codecs import Codec, FrameDecoder, StreamCodec
+from .codecs import Codec, FrameDecoder, StreamCodec, is_stream_codec
 from .errors import CodecError
 from .frames import AudioFrame, Samples
 from .registry import Registry
@@ -195,12 +195,11 @@ class PlayoutDecoder:
 
     def _codec(self, name: str) -> tuple[Codec, StreamCodec | None]:
         """The registry's codec and, if it has state across frames, the same object as a
-        ``StreamCodec``: decided once per name, because a protocol ``isinstance`` inspects
-        the object's members, too slow to repeat on every frame of every stream."""
+        ``StreamCodec``: looked up and decided once per codec name, not on every frame."""
         kind = self._kinds.get(name)
         if kind is None:
             codec = self._codecs.get(name)
-            kind = self._kinds[name] = (codec, codec if isinstance(codec, StreamCodec) else None)
+            kind = self._kinds[name] = (codec, codec if is_stream_codec(codec) else None)
         return kind
 
     def arrived(self, frame: AudioFrame) -> None:

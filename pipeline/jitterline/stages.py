@@ -62,7 +62,7 @@ from reactivex.scheduler import TimeoutScheduler
 from reactivex.subject import Subject
 
 from .adjuster import BufferAdjuster, BufferPolicy
-from .codecs import Codec, StreamCodec
+from .codecs import Codec, is_stream_codec
 from .concealment import PlayoutDecoder
 from .config import PipelineConfig
 from .diagnosis import Diagnosis, diagnose
@@ -327,7 +327,7 @@ def _decoded(frame: AudioFrame, codecs: Registry[Codec], stream_id: str) -> Audi
             f"frame {frame.seq} lasts duration_ms={frame.duration_ms}; it must be > 0"
         )
     codec = codecs.get(frame.codec)
-    if isinstance(codec, StreamCodec):  # decoded at playout, in seq order: see conceal()
+    if is_stream_codec(codec):  # decoded at playout, in seq order: see conceal()
         codec.check(frame.payload, frame.sample_rate, frame.channels)
         return replace(frame, stream_id=frame.stream_id or stream_id)
     samples = codec.decode(frame.payload)
