@@ -33,10 +33,17 @@ def speech_like(rate: int, seconds: float, channels: int = 1) -> npt.NDArray[np.
     return np.repeat(mono, channels) if channels > 1 else mono
 
 
+STEADY_200 = PipelineConfig(buffer_policy="fixed", buffer_ms=200.0)
+STEADY = ("--buffer-policy", "fixed", "--buffer-ms", "200")
+"""A generous fixed buffer: on a loaded test machine a frame a few ms late for a 20 ms
+target would be concealed, and this test is about the audio, not the buffer's sizing."""
+
+
 def demo(tmp_path: Path, wav: Path, *extra: str) -> tuple[dict[str, object], Path]:
     # A template: the built-in sink outlives one main() call and names later streams apart.
     out, summary = tmp_path / "out-{stream_id}.wav", tmp_path / "s.json"
     args = ["demo", "--quiet", "--audio", str(wav), "--wav", str(out), "--json", str(summary)]
+    args += STEADY
     assert main([*args, *extra]) == EXIT_OK
     frames: dict[str, object] = json.loads(summary.read_text())["frames"]
     (written,) = tmp_path.glob("out-*.wav")
@@ -157,11 +164,11 @@ def test_a_44k1_stereo_file_streams_as_48k_opus_and_decodes(tmp_path: Path) -> N
         require_token=False,
     ) as emu:
         result = run_live(
-            SessionOptions(url=emu.ws_url, duration_s=5.0), config=PipelineConfig(), host=host
+            SessionOptions(url=emu.ws_url, duration_s=5.0), config=STEADY_200, host=host
         )
 
     assert result.outcome is None
-    assert len(played.frames) >= 20
+    assert len(played.frames) >= 10  # of 25: the end of the stream cuts what is buffered
     assert {(f.sample_rate, f.channels, f.codec) for f in played.frames} == {(48000, 2, "OPUS")}
     decoded = np.concatenate([f.samples for f in played.frames if f.samples is not None])
     assert decoded.size == len(played.frames) * 960 * 2
