@@ -1,4 +1,5 @@
-"""Codecs against PROTOCOLS.md section 5 and an independent scalar port of Sun's g711.c.
+"""Codecs against docs/protocols.md ("G.711 and L16", "Codecs") and an independent scalar
+port of Sun's g711.c.
 
 The scalar functions below are written the way g711.c (as CPython's ``audioop`` carried it)
 reads, one code or sample at a time, so that they share no code or layout with the
@@ -7,6 +8,8 @@ table-driven implementation they check.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import numpy.typing as npt
 import pytest
@@ -14,19 +17,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from audio_testkit import chunks, read_wav, run_pipeline
+from jitterline import AudioFrame, PipelineConfig, PluginHost, Stats
 from jitterline.codecs import (
     L16,
     L16BE,
     PCMA,
     PCMU,
     Codec,
+    StreamCodec,
     builtin_codecs,
     bytes_per_sample,
     decode,
     duration_ms,
     encode,
+    is_stream_codec,
+    opus_packet_duration_ms,
+    payload_duration_ms,
 )
 from jitterline.errors import CodecError, ConfigError
+from jitterline_plugins.wav_sink import WavSink
 
 ALL_CODECS: list[Codec] = [L16, L16BE, PCMU, PCMA]
 INT16_SAMPLES = arrays(np.int16, st.integers(0, 200))
@@ -343,3 +353,118 @@ def test_duration_refuses_bad_configuration(
 def test_duration_refuses_a_partial_stereo_sample() -> None:
     with pytest.raises(CodecError, match="161 bytes of PCMU with 2 channel"):
         duration_ms(161, "PCMU", 8000, 2)
+
+
+# --- wideband PCM and Opus packet durations (RFC 6716 section 3) -----------------------------
+
+
+@pytest.mark.parametrize("codec", [L16, L16BE])
+@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("rate", [8000, 16000, 24000, 48000])
+def test_l16_at_every_rate_and_byte_order_lasts_its_bytes(
+    codec: Codec, channels: int, rate: int
+) -> None:
+    samples = np.arange(-(rate // 50) * channels, 0, dtype=np.int16) * 7
+    payload = codec.encode(samples)
+    assert len(payload) == rate // 50 * channels * 2
+    assert payload_duration_ms(payload, codec.name, rate, channels) == 20.0
+    assert np.array_equal(codec.decode(payload), samples)
+
+
+def test_a_16khz_l16_frame_of_640_bytes_lasts_20_ms() -> None:
+    assert duration_ms(640, "L16", 16000, 1) == 20.0
+    assert payload_duration_ms(bytes(640), "L16BE", 16000, 1) == 20.0
+
+
+def toc(config: int, code: int, *, stereo: bool = False) -> int:
+    return config << 3 | int(stereo) << 2 | code
+
+
+@pytest.mark.parametrize(
+    ("packet", "expected_ms"),
+    [
+        (bytes([toc(0, 0)]), 10.0),  # SILK NB 10 ms
+        (bytes([toc(1, 0)]), 20.0),
+        (bytes([toc(2, 0)]), 40.0),
+        (bytes([toc(11, 0)]), 60.0),  # SILK WB 60 ms
+        (bytes([toc(12, 0)]), 10.0),  # hybrid SWB 10 ms
+        (bytes([toc(15, 0)]), 20.0),
+        (bytes([toc(16, 0)]), 2.5),  # CELT NB 2.5 ms
+        (bytes([toc(31, 0, stereo=True)]), 20.0),
+        (bytes([toc(1, 1), 1, 2]), 40.0),  # two equal 20 ms frames
+        (bytes([toc(1, 2), 1, 2, 3]), 40.0),  # two frames of different sizes
+        (bytes([toc(16, 3), 48]), 120.0),  # 48 x 2.5 ms, the most a packet holds
+        (bytes([toc(3, 3), 2]), 120.0),
+    ],
+)
+def test_opus_packet_duration_comes_from_the_toc(packet: bytes, expected_ms: float) -> None:
+    assert opus_packet_duration_ms(packet) == expected_ms
+    assert payload_duration_ms(packet, "opus", 48000, 2) == expected_ms
+
+
+@pytest.mark.parametrize(
+    ("packet", "rule"),
+    [
+        (b"", "R1"),
+        (bytes([toc(1, 1), 1]), "R3"),  # code 1 with an odd body
+        (bytes([toc(1, 3)]), "R5"),  # code 3 without its count byte
+        (bytes([toc(1, 3), 0]), "R5"),  # code 3 with no frame
+        (bytes([toc(3, 3), 3]), "R5"),  # 3 x 60 ms = 180 ms
+    ],
+)
+def test_opus_packets_the_rfc_refuses_raise_codec_error(packet: bytes, rule: str) -> None:
+    with pytest.raises(CodecError, match=rule):
+        opus_packet_duration_ms(packet)
+
+
+@given(st.binary(max_size=20))
+def test_any_bytes_give_an_opus_duration_or_codec_error(packet: bytes) -> None:
+    try:
+        duration = opus_packet_duration_ms(packet)
+    except CodecError:
+        return
+    assert duration in {2.5 * n for n in range(1, 49)}
+    assert 2.5 <= duration <= 120.0
+
+
+def test_opus_duration_still_needs_a_media_description() -> None:
+    with pytest.raises(ConfigError, match="sample_rate=0"):
+        payload_duration_ms(bytes([toc(1, 0)]), "OPUS", 0, 1)
+
+
+# --- 16 kHz L16 through the whole pipeline ---------------------------------------------------
+
+
+def test_16khz_l16_through_the_pipeline_has_right_durations_jitter_and_wav(
+    tmp_path: Path,
+) -> None:
+    """Every other frame 5 ms late: RFC 3550's J is computed here the way section 6.4.1 says
+    (J += (|D| - J) / 16), independently of the latency window's own code."""
+    rate, size, count = 16000, 320, 60
+    source = (np.arange(size * count) % 2000 - 1000).astype(np.int16) * 9
+    payloads = [L16.encode(source[i * size : (i + 1) * size]) for i in range(count)]
+    assert {len(p) for p in payloads} == {640}
+    arrivals = chunks(payloads, codec="L16", rate=rate, frame_ms=20.0)
+    arrivals = [(t + (0.005 if i % 2 else 0.0), text) for i, (t, text) in enumerate(arrivals)]
+    sink = WavSink(tmp_path / "wide.wav")
+    host = PluginHost(load_entrypoints=False, plugins=[sink])
+
+    output = run_pipeline(arrivals, host, PipelineConfig(buffer_policy="fixed", buffer_ms=60.0))
+
+    played = [f for f in output if isinstance(f, AudioFrame) and not f.concealed]
+    assert {f.duration_ms for f in played} == {20.0}
+    assert [f.seq for f in played] == list(range(len(played)))
+    jitter = 0.0
+    for _ in range(count - 1):
+        jitter += (5.0 - jitter) / 16
+    stats = [item for item in output if isinstance(item, Stats)][-1]
+    assert stats.latency.jitter_rfc3550_ms == pytest.approx(jitter, abs=1e-6)
+    params, written = read_wav(tmp_path / "wide.wav")
+    assert (params.framerate, params.nchannels) == (16000, 1)
+    assert np.array_equal(written[: len(played) * size], source[: len(played) * size])
+
+
+@pytest.mark.parametrize("codec", ALL_CODECS)
+def test_the_builtins_are_stateless_codecs_decoded_on_arrival(codec: Codec) -> None:
+    assert not is_stream_codec(codec)
+    assert not isinstance(codec, StreamCodec)

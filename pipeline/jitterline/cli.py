@@ -24,11 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import PipelineConfig
-from .emulator import PROFILES, Emulator
+from .codecs import StreamCodec
+from .config import CONCEALMENTS, PipelineConfig
+from .emulator import PROFILES, Emulator, ToneSource, WavSource
+from .emulator.audio import stream_format
 from .errors import AuthError, ConfigError, ConnectionLost, JitterlineError
 from .live import RunResult, SessionOptions, replay, run_live
 from .plugins import DISABLE_ENV, PluginHost
+from .protocols.appfoundry import FORMATS
 from .server.command import SERVE_EXAMPLES, add_serve_options, serve
 from .status import make_status
 from .summary import render, summarize
@@ -62,6 +65,9 @@ DEMO_GRACE_S = 5.0
 """How long ``demo`` waits past ``--duration`` for the emulator to end the stream itself
 (the slow-server profile sends its last frame late, flaky ones reconnect)."""
 
+DEMO_DURATION_S = 10.0
+"""The demo's length without ``--duration``, unless ``--audio`` gives the file's own."""
+
 DEMO_PING_INTERVAL_S = 1.0
 """Pings once a second in the demo, so even a short run measures an RTT."""
 
@@ -89,19 +95,47 @@ def _plugins(args: argparse.Namespace, host: PluginHost) -> int:
 
 def _demo(args: argparse.Namespace, host: PluginHost) -> int:
     config = _config(args, dialect="appfoundry")
-    emulator = Emulator(PROFILES[args.profile], seed=args.seed, duration_s=args.duration)
+    audio = _demo_audio(args, host)
+    duration_s = float(audio["duration_s"])
+    emulator = Emulator(PROFILES[args.profile], seed=args.seed, **audio)
     with emulator:
         options = SessionOptions(
             url=emulator.ws_url,
             tokens=TokenProvider(emulator.auth_url, emulator.client_id, emulator.client_secret),
             max_attempts=args.max_attempts,
-            duration_s=args.duration + DEMO_GRACE_S,
+            duration_s=duration_s + DEMO_GRACE_S,
             ping_interval_s=DEMO_PING_INTERVAL_S,
             backoff=DEMO_BACKOFF,
         )
         source = {"command": "demo", "profile": args.profile, "seed": args.seed}
         result = _live(args, host, options, config, source)
-    return _report(args, result, {**source, "duration_s": args.duration})
+    return _report(args, result, {**source, "duration_s": duration_s})
+
+
+def _demo_audio(args: argparse.Namespace, host: PluginHost) -> dict[str, Any]:
+    """The endpoint's audio: a tone for ``--duration`` (10 s), or ``--audio FILE`` played
+    once at its own rate and channels when ``--codec`` carries them (resampled otherwise),
+    for ``--duration`` or the file's length."""
+    codec_name = args.codec.upper()
+    codec = host.codecs.get(codec_name)
+    if args.audio is None:
+        source: ToneSource | WavSource = ToneSource()
+        rate, channels, duration_s = 8000, 1, args.duration or DEMO_DURATION_S
+    else:
+        # resample=True only converts when asked for another rate than the file's.
+        source = WavSource(args.audio, mono=False, loop=False, resample=True)
+        channels = source.channels
+        rate = stream_format(codec_name, source.sample_rate, channels)
+        duration_s = args.duration or source.duration_s
+    encoder = codec.encoder(rate, channels) if isinstance(codec, StreamCodec) else None
+    return {
+        "codec": codec_name,
+        "sample_rate": rate,
+        "channels": channels,
+        "source": source,
+        "encoder": encoder,
+        "duration_s": duration_s,
+    }
 
 
 def _run(args: argparse.Namespace, host: PluginHost) -> int:
@@ -140,6 +174,7 @@ _PIPELINE_OPTIONS = (
     "max_buffer_ms",
     "window_frames",
     "window_s",
+    "conceal",
 )
 
 
@@ -286,6 +321,12 @@ def _common(parser: argparse.ArgumentParser, host: PluginHost) -> None:
     buffer.add_argument(
         "--window-s", type=float, metavar="S", help="latency window age limit in seconds (10)"
     )
+    buffer.add_argument(
+        "--conceal",
+        choices=CONCEALMENTS,
+        help="what plays for a lost PCM frame: silence (default), repeat, or speech (a "
+        "faded pitch-period repeat); Opus always uses its decoder's concealment",
+    )
     output = parser.add_argument_group("output")
     output.add_argument("--json", metavar="FILE", help="write the JSON summary to FILE")
     output.add_argument(
@@ -318,6 +359,8 @@ DEMO_EXAMPLES = """examples:
   jitterline demo --profile wifi --duration 5
   jitterline demo --profile clean --buffer-policy fixed --buffer-ms 400
   jitterline demo --profile lossy --record lossy.jsonl --json summary.json
+  jitterline demo --audio speech.wav --profile wifi --conceal speech --wav out.wav
+  jitterline demo --codec opus --profile lossy
 profiles:
 """ + "\n".join(f"  {name:12s}{imp.description}" for name, imp in PROFILES.items())
 
@@ -363,7 +406,23 @@ def _parser(host: PluginHost) -> argparse.ArgumentParser:
         help="impairment profile (clean; see below)",
     )
     demo.add_argument(
-        "--duration", type=_positive, default=10.0, metavar="S", help="seconds of audio (10)"
+        "--duration",
+        type=_positive,
+        metavar="S",
+        help="seconds of audio (10, or the --audio file's length)",
+    )
+    demo.add_argument(
+        "--codec",
+        default="L16",
+        type=str.upper,
+        choices=FORMATS,
+        help="codec the endpoint sends (L16; OPUS needs libopus)",
+    )
+    demo.add_argument(
+        "--audio",
+        metavar="FILE.wav",
+        help="stream this 16-bit WAV once (its rate and channels; resampled if the codec "
+        "needs another rate) instead of a tone",
     )
     demo.add_argument("--seed", type=int, default=0, metavar="N", help="impairment seed (0)")
     _live_options(demo)

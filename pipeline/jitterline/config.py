@@ -10,7 +10,10 @@ from . import checks
 from .adjuster import DEFAULT_POLICY
 from .errors import ConfigError
 
-__all__ = ["MAX_BUFFER_MS", "PipelineConfig"]
+__all__ = ["CONCEALMENTS", "MAX_BUFFER_MS", "PipelineConfig"]
+
+CONCEALMENTS = ("silence", "repeat", "speech")
+"""The ``conceal`` modes, in the order ``--conceal`` lists them."""
 
 MAX_BUFFER_MS = 10_000.0
 """The largest playout delay the jitter buffer accepts; a policy asking for more is clamped
@@ -25,6 +28,10 @@ class PipelineConfig:
     settings of its live run; a capture reader ignores keys it does not know (older
     captures carry ``tick_ms`` and ``guard_ms``, which playout timers at each slot's due
     time made unnecessary).
+
+    ``conceal`` picks what plays for a missing frame of a PCM stream: ``silence``,
+    ``repeat`` (the previous frame again) or ``speech`` (a faded pitch-period repeat, see
+    ``jitterline.concealment``); Opus streams always use the decoder's own concealment.
     """
 
     dialect: str = "appfoundry"
@@ -35,7 +42,7 @@ class PipelineConfig:
     window_frames: int = 500
     window_s: float = 10.0
     capacity_frames: int = 512
-    conceal: Literal["silence", "repeat"] = "silence"
+    conceal: Literal["silence", "repeat", "speech"] = "silence"
     stats_every_s: float = 1.0
 
     @property
@@ -46,6 +53,10 @@ class PipelineConfig:
         return min(max(80.0, self.min_buffer_ms), self.max_buffer_ms)
 
     def __post_init__(self) -> None:
+        if self.conceal not in CONCEALMENTS:
+            raise ConfigError(
+                f"conceal={self.conceal!r} is not one of {', '.join(CONCEALMENTS)}; pick one"
+            )
         positive = (
             ("min_buffer_ms", self.min_buffer_ms, "ms", "try 20"),
             ("window_s", self.window_s, "s", "try 10"),

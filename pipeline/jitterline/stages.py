@@ -62,7 +62,8 @@ from reactivex.scheduler import TimeoutScheduler
 from reactivex.subject import Subject
 
 from .adjuster import BufferAdjuster, BufferPolicy
-from .codecs import Codec
+from .codecs import Codec, is_stream_codec
+from .concealment import PlayoutDecoder
 from .config import PipelineConfig
 from .diagnosis import Diagnosis, diagnose
 from .errors import DialectError, JitterlineError
@@ -100,6 +101,7 @@ __all__ = [
     "TargetDelay",
     "adjust",
     "build_pipeline",
+    "conceal",
     "decode",
     "default_chain",
     "feedback_loop",
@@ -324,7 +326,11 @@ def _decoded(frame: AudioFrame, codecs: Registry[Codec], stream_id: str) -> Audi
         raise DialectError(
             f"frame {frame.seq} lasts duration_ms={frame.duration_ms}; it must be > 0"
         )
-    samples = codecs.get(frame.codec).decode(frame.payload)
+    codec = codecs.get(frame.codec)
+    if is_stream_codec(codec):  # decoded at playout, in seq order: see conceal()
+        codec.check(frame.payload, frame.sample_rate, frame.channels)
+        return replace(frame, stream_id=frame.stream_id or stream_id)
+    samples = codec.decode(frame.payload)
     if frame.samples is not None or not frame.stream_id:
         return replace(frame, samples=samples, stream_id=frame.stream_id or stream_id)
     # The frame is fresh from its protocol object and nobody holds it yet: fill in its
@@ -543,7 +549,7 @@ class _Buffer(_Stage):
         self.buffer = JitterBuffer(
             target_delay_ms=config.start_buffer_ms,
             capacity_frames=config.capacity_frames,
-            conceal=config.conceal,
+            conceal="repeat" if config.conceal == "repeat" else "silence",  # "speech": conceal()
         )
         self._malformed = 0
         self._connections = 0
@@ -620,6 +626,32 @@ class _Buffer(_Stage):
                 self._emit_all(self.buffer.pop_due(due))
                 due = self.buffer.next_due_s
         self._emit_all(self.buffer.close(now))
+
+
+def conceal(config: PipelineConfig, codecs: Registry[Codec]) -> Operator[Any, Any]:
+    """Right after the jitter buffer: frames of a codec with state (Opus) are decoded here,
+    in playout order, with the codec's own concealment for a missing one; with
+    ``config.conceal == "speech"`` a PCM stream's concealed frames become a faded
+    pitch-period repeat (``jitterline.concealment``). Arrivals are watched for the payloads
+    the buffer holds, whose in-band FEC can stand in for the frame before them."""
+
+    def make(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase) -> _Stage:
+        stage = _Stage(observer, scheduler)
+        playout = PlayoutDecoder(
+            codecs, speech=config.conceal == "speech", capacity_frames=config.capacity_frames
+        )
+
+        def on_next(item: Any) -> None:
+            if isinstance(item, Arrival) and item.outcome == "buffered":
+                playout.arrived(item.frame)
+            elif isinstance(item, AudioFrame) and item.playout_s is not None:
+                item = playout.play(item)
+            stage.emit(item)
+
+        stage.on_next = on_next  # type: ignore[method-assign]
+        return stage
+
+    return _operator(make)
 
 
 def latency_window(config: PipelineConfig) -> Operator[Any, Any]:
@@ -829,6 +861,7 @@ def default_chain(
             snapshots(config, clock=clock, channel=channel),
             feedback_loop(
                 lambda targets: jitter_buffer(config, targets=targets, clock=clock),
+                conceal(config, host.codecs),
                 latency_window(config),
                 adjust(config, host.policies),
             ),

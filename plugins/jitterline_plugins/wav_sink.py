@@ -8,7 +8,8 @@ before the suffix, so two streams never share a file.
 
 A file is opened on its stream's first played frame, whose rate and channel count it
 takes, and closed (header fixed) when that stream closes. Frames of another format are
-skipped and counted, since a WAV file has one format.
+skipped and counted, since a WAV file has one format. ``--wav-rate HZ`` writes at that rate
+instead, through one ``jitterline.resample.Resampler`` per file (the ``resample`` extra).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from jitterline import ConfigError, hookimpl
-from jitterline.frames import AudioFrame, StreamInfo
+from jitterline.frames import AudioFrame, Samples, StreamInfo
+from jitterline.resample import Resampler
 
 __all__ = ["WavSink", "plugin"]
 
@@ -41,6 +43,17 @@ class _File:
     channels: int
     frames: int = 0
     skipped: int = 0
+    resampler: Resampler | None = None
+
+    def write(self, samples: Samples) -> None:
+        if self.resampler is not None:
+            samples = self.resampler.process(samples)
+        self.wav.writeframes(samples.astype("<i2").tobytes())
+
+    def close(self) -> None:
+        if self.resampler is not None:
+            self.wav.writeframes(self.resampler.flush().astype("<i2").tobytes())
+        self.wav.close()
 
 
 class WavSink:
@@ -48,6 +61,7 @@ class WavSink:
 
     def __init__(self, template: str | Path | None = None) -> None:
         self.template = None if template is None else str(template)
+        self.rate: int | None = None
         self.written: dict[tuple[str, str], Path] = {}
         self._files: dict[tuple[str, str], _File] = {}
         self._streams = 0
@@ -60,6 +74,12 @@ class WavSink:
             help="write each stream's played audio to a WAV file; the path may use "
             "{stream_id}, {call_id}, {channel} (one file per stream and channel)",
         )
+        parser.add_argument(
+            "--wav-rate",
+            type=int,
+            metavar="HZ",
+            help="resample the --wav files to HZ (needs soxr: the resample extra)",
+        )
 
     @hookimpl
     def jitterline_configure(self, options: Mapping[str, Any]) -> None:
@@ -68,6 +88,9 @@ class WavSink:
         self.template = None if options["wav"] is None else str(options["wav"])
         if self.template is not None:
             _check_template(self.template)
+        self.rate = options.get("wav_rate")
+        if self.rate is not None:
+            Resampler(8000, self.rate)  # refuses a bad rate or a missing soxr before audio flows
 
     @hookimpl
     def jitterline_frame_played(self, frame: AudioFrame, stream: StreamInfo) -> None:
@@ -79,7 +102,7 @@ class WavSink:
         if (frame.sample_rate, frame.channels) != (out.rate, out.channels):
             out.skipped += 1
             return
-        out.wav.writeframes(frame.samples.astype("<i2").tobytes())
+        out.write(frame.samples)
         out.frames += 1
 
     @hookimpl
@@ -87,7 +110,7 @@ class WavSink:
         out = self._files.pop(stream.key, None)
         if out is None:
             return
-        out.wav.close()
+        out.close()
         self.written[stream.key] = out.path
         log.info("wrote %d frames of stream %s to %s", out.frames, stream.stream_id, out.path)
         if out.skipped:
@@ -97,7 +120,7 @@ class WavSink:
         """Close every open file (the run is ending): each stays a valid WAV."""
         for key in list(self._files):
             out = self._files.pop(key)
-            out.wav.close()
+            out.close()
             self.written[key] = out.path
 
     def _open(self, stream: StreamInfo, frame: AudioFrame) -> _File:
@@ -107,8 +130,11 @@ class WavSink:
         wav = wave.open(str(path), "wb")  # noqa: SIM115 - closed in stream_closed or close()
         wav.setnchannels(frame.channels)
         wav.setsampwidth(2)
-        wav.setframerate(frame.sample_rate)
+        rate = self.rate or frame.sample_rate
+        wav.setframerate(rate)
         out = _File(path, wav, frame.sample_rate, frame.channels)
+        if rate != frame.sample_rate:
+            out.resampler = Resampler(frame.sample_rate, rate, frame.channels)
         self._files[stream.key] = out
         return out
 

@@ -38,6 +38,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from .. import checks
+from ..codecs import FrameEncoder
 from ..errors import ConfigError, TransportError
 from ..frames import Message, StreamOpened
 from ..protocols.appfoundry import FORMATS, AppFoundryDialect
@@ -141,7 +142,9 @@ class Emulator:
 
     ``impairments`` decide what the network and server do to the stream (see
     ``PROFILES``); ``seed`` makes those decisions reproducible. ``duration_s`` ends the
-    stream (None: endless). ``source`` gives the audio (default: a 440 Hz tone).
+    stream (None: endless). ``source`` gives the audio (default: a 440 Hz tone), in
+    ``channels`` interleaved channels; ``encoder`` encodes it for a codec with state
+    across frames (Opus), see ``LiveStream``.
     ``require_token=False`` skips the bearer check (the scripted 401/429 still apply).
     Start it with ``start()`` or ``with Emulator(...) as emu:``.
     """
@@ -156,6 +159,8 @@ class Emulator:
         sample_rate: int = 8000,
         frame_ms: float = 20.0,
         source: AudioSource | None = None,
+        channels: int = 1,
+        encoder: FrameEncoder | None = None,
         client_id: str = "jitterline-demo",
         client_secret: str = "demo-secret",
         token_lifetime_s: float = 3600.0,
@@ -183,6 +188,8 @@ class Emulator:
             codec=codec,
             sample_rate=sample_rate,
             total_frames=None if duration_s is None else frames_for(duration_s, frame_ms),
+            channels=channels,
+            encoder=encoder,
         )
         self._tokens = TokenStore(lifetime_s=token_lifetime_s, clock=time.monotonic)
         self._token_endpoint = TokenEndpoint(

@@ -10,6 +10,12 @@ released in send-time order, so a large jitter draw on one frame really lets lat
 overtake it on the wire. The envelope timestamp is capture + processing: the moment the
 emulated server "sent" it, before the emulated network; the difference to the capture
 timestamp is therefore exactly the server delay the diagnosis looks for.
+
+Audio is encoded as it is captured: by a built-in codec's name, or by the ``encoder`` of a
+codec with state across frames (Opus: ``StreamCodec.encoder(rate, channels)``), which must
+see every frame in order, lost ones included, as a real sender's encoder does. A finite
+source (a WAV played once) ends the stream with its last frame, however short; an
+encoder's frame sizes are fixed, so that last frame is padded with silence for it.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
-from ..codecs import encode
+import numpy as np
+
+from ..codecs import FrameEncoder, bytes_per_sample, encode
 from ..errors import ConfigError
 from ..frames import Samples
 from ..protocols.appfoundry import AudioChunk
@@ -53,9 +61,11 @@ class Outgoing:
 class LiveStream:
     """Generates frames on the capture clock and queues them by send time.
 
-    ``total_frames`` ends the stream (None: endless); ``finished`` is true once every
-    frame was generated and every queued message released. The queue holds only messages
-    not yet due, bounded by the model's delay cap.
+    ``total_frames`` ends the stream (None: endless), and so does the end of ``audio``;
+    ``finished`` is true once every frame was generated and every queued message
+    released. The queue holds only messages not yet due, bounded by the model's delay cap.
+    ``channels`` is how many interleaved channels ``audio`` yields; ``encoder`` encodes
+    instead of the built-in codec named ``codec`` (see the module docstring).
     """
 
     def __init__(
@@ -66,9 +76,15 @@ class LiveStream:
         codec: str,
         sample_rate: int,
         total_frames: int | None = None,
+        channels: int = 1,
+        encoder: FrameEncoder | None = None,
     ) -> None:
         if total_frames is not None and total_frames < 1:
             raise ConfigError(f"total_frames={total_frames} must be >= 1 or None (endless)")
+        if encoder is None:
+            _check_builtin(codec)
+        self._encoder = encoder
+        self._channels = channels
         self._model = model
         self._audio = audio
         self._codec = codec
@@ -126,15 +142,19 @@ class LiveStream:
         if self._t0_s is None:
             return []
         while not self._all_generated and self.capture_s(self._next_seq) <= now_s:
-            self._generate(self._next_seq)
+            samples = next(self._audio, None)
+            if samples is None:  # a finite source ended: so does the stream
+                self.total_frames = self._next_seq
+                break
+            self._generate(self._next_seq, samples)
             self._next_seq += 1
         released: list[Outgoing] = []
         while self._queue and self._queue[0][0] <= now_s:
             released.append(heapq.heappop(self._queue)[2])
         return released
 
-    def _generate(self, seq: int) -> None:
-        samples = next(self._audio)
+    def _generate(self, seq: int, samples: Samples) -> None:
+        payload = self._encode(samples)
         fate = self._model.decide(seq)
         self.frames_generated += 1
         capture_s = self.capture_s(seq)
@@ -143,7 +163,7 @@ class LiveStream:
         if fate.lost:
             self.frames_lost += 1
             return
-        chunk = self._chunk(seq, samples, fate)
+        chunk = self._chunk(seq, payload, fate)
         due_s = capture_s + fate.send_offset_ms / 1000.0
         if fate.malformed is not None:
             broken = malformed_text(fate.malformed, chunk.message())
@@ -153,22 +173,41 @@ class LiveStream:
             due_again_s = due_s + fate.duplicate_after_ms / 1000.0
             self._push(Outgoing("duplicate", seq, due_again_s, chunk))
 
-    def _chunk(self, seq: int, samples: Samples, fate: FrameFate) -> AudioChunk:
+    def _encode(self, samples: Samples) -> bytes:
+        if self._encoder is None:
+            return encode(samples, self._codec)
+        width = round(self._sample_rate * self._frame_s) * self._channels
+        if samples.size < width:
+            samples = np.concatenate((samples, np.zeros(width - samples.size, np.int16)))
+        return self._encoder.encode(samples)
+
+    def _chunk(self, seq: int, payload: bytes, fate: FrameFate) -> AudioChunk:
         capture_wall_s = self._t0_wall_s + seq * self._frame_s
         return AudioChunk(
-            encode(samples, self._codec),
+            payload,
             capture_wall_s=capture_wall_s,
             sent_wall_s=capture_wall_s + fate.processing_ms / 1000.0,
             seq=seq,
             codec=self._codec,
             rate=self._sample_rate,
-            channels=1,
+            channels=self._channels,
         )
 
     def _push(self, item: Outgoing) -> None:
         # The push counter breaks ties: a malformed message precedes its frame.
         heapq.heappush(self._queue, (item.due_s, self._pushed, item))
         self._pushed += 1
+
+
+def _check_builtin(codec: str) -> None:
+    """A codec without an encoder must be a built-in: refused now, not on the first frame."""
+    try:
+        bytes_per_sample(codec)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{exc}; a plugin's codec (OPUS) streams through its encoder: pass "
+            f"encoder=host.codecs.get({codec!r}).encoder(sample_rate, channels)"
+        ) from exc
 
 
 def malformed_text(kind: MalformedKind, chunk: str) -> str:

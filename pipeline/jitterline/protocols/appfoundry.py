@@ -53,8 +53,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("L16", "PCMU", "PCMA")
-"""Values of ``audio_chunk.payload.format``; "L16" is little-endian (WAV order)."""
+FORMATS = ("L16", "PCMU", "PCMA", "OPUS")
+"""Values of ``audio_chunk.payload.format``; "L16" is little-endian (WAV order), "OPUS" one
+Opus packet per chunk (RFC 6716; decoded by the ``opus`` plugin at ``rate``)."""
 
 CHANNELS = ("",)
 """``StreamOpened.channels``: one unnamed party (interleaved multichannel audio stays one
@@ -445,6 +446,6 @@ def _format(payload: dict[str, Any]) -> str:
 
 def _duration_ms(audio: bytes, codec: str, rate: int, channels: int) -> float:
     try:
-        return codecs.duration_ms(len(audio), codec, rate, channels)
+        return codecs.payload_duration_ms(audio, codec, rate, channels)
     except (CodecError, ConfigError) as exc:
         raise Refused("audio", f"audio_chunk payload.audio: {exc}") from exc
