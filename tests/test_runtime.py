@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -24,24 +24,33 @@ def open_fds() -> int:
 
 
 def run_many(n: int) -> tuple[int, int, list[tuple[Stats, int]]]:
-    """N dial-out streams against one local endpoint, each with its own protocol object
-    and pipeline on one runtime. Returns the threads and descriptors counted while all N
-    were connected, and each stream's final snapshot with its session's message count."""
-    with Emulator(duration_s=4.0, require_token=False) as emu, IOLoop() as ioloop:
+    """N dial-out streams against one endless local endpoint, each with its own protocol
+    object and pipeline on one runtime, closed by us a second after the last connected.
+    Returns the threads and descriptors counted while all N were connected, and each
+    stream's final snapshot with its session's message count."""
+    with Emulator(duration_s=None, require_token=False) as emu, IOLoop() as ioloop:
         runtime = Runtime(PluginHost(), ioloop=ioloop)
         config = PipelineConfig()
         streams = []
-        connected: list[str] = []
+        connected: set[int] = set()
 
-        def on_event(event: ConnectionEvent) -> None:
-            if event.kind == "connected":
-                connected.append("")
+        def on_event(index: int) -> Callable[[ConnectionEvent], None]:
+            def note(event: ConnectionEvent) -> None:
+                if event.kind == "connected":  # a loaded machine may need a retry or two
+                    connected.add(index)
+
+            return note
 
         for index in range(n):
             proto = runtime.host.dialects.get("appfoundry")(role="client", session_id=f"s{index}")
             streams.append(
                 runtime.dial(
-                    emu.ws_url, proto, config, on_event=on_event, max_attempts=1, ping_interval_s=0
+                    emu.ws_url,
+                    proto,
+                    config,
+                    on_event=on_event(index),
+                    max_attempts=5,
+                    ping_interval_s=0,
                 )
             )
         for _, session in streams:
@@ -51,15 +60,16 @@ def run_many(n: int) -> tuple[int, int, list[tuple[Stats, int]]]:
             assert time.monotonic() < deadline, "not every session connected"
             time.sleep(0.01)
         threads, fds = threading.active_count(), open_fds()
+        time.sleep(1.0)  # every stream receives audio for a second more
         for _, session in streams:
-            assert session.wait(WAIT_S), "the endpoint did not end the stream"
+            session.close(5.0)
         results = []
         for connection, session in streams:
             stats, _ = runtime.call(lambda c=connection: c.finish()).primary  # type: ignore[misc]
-            # Not asserted: how each ended. Under load the endpoint's 0.5 s close timeout may
-            # reset a connection at the very end, which is the endpoint's business; what
-            # every stream received is accounted for either way.
-            results.append((stats, session.diagnostics().messages_in))
+            diagnostics = session.diagnostics()
+            acks = diagnostics.reconnects + 1  # the endpoint answers each connection's hello
+            results.append((stats, diagnostics.messages_in - acks))
+            assert session.outcome is None  # closed by us, cleanly
     return threads, fds, results
 
 
@@ -73,7 +83,7 @@ def test_200_dial_out_streams_share_one_loop_with_constant_threads() -> None:
     for stats, messages in results_20 + results_200:
         frames = stats.frames
         assert frames.balanced
-        assert frames.received == messages - 1  # every audio message; the ack is not audio
+        assert frames.received == messages  # every audio message the session received
         assert frames.received > 0  # a stream that joined late missed the start
 
 
