@@ -31,10 +31,12 @@ __all__ = ["PATH", "ProtocolServer", "ServerSession"]
 PATH = "/api/v1/audiohook/ws"
 _WAIT_S = 5.0
 
-_FACTORIES: dict[str, Callable[[], Dialect]] = {
-    "audiohook": lambda: AudioHookDialect(role="server"),
-    "audioconnector": lambda: AudioConnectorDialect(role="server"),
-    "twilio": lambda: TwilioDialect(role="server"),
+_FACTORIES: dict[str, Callable[[str | None], Dialect]] = {
+    "audiohook": lambda session_id: AudioHookDialect(role="server", session_id=session_id),
+    "audioconnector": lambda session_id: AudioConnectorDialect(
+        role="server", session_id=session_id
+    ),
+    "twilio": lambda session_id: TwilioDialect(role="server"),
 }
 
 
@@ -166,7 +168,10 @@ class ProtocolServer:
             self.sessions.append(session)
             self._handlers += 1
         try:
-            await self._converse(connection, _FACTORIES[self.dialect](), session)
+            request = connection.request
+            session_id = None if request is None else request.headers.get("Audiohook-Session-Id")
+            proto = _FACTORIES[self.dialect](session_id)
+            await self._converse(connection, proto, session)
         finally:
             with self._lock:
                 self._handlers -= 1
