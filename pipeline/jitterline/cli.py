@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, loadgen
 from .config import PipelineConfig
 from .emulator import PROFILES, Emulator
 from .errors import AuthError, ConfigError, ConnectionLost, JitterlineError
@@ -408,6 +408,8 @@ def _parser(host: PluginHost) -> argparse.ArgumentParser:
     )
     _plugin_switches(plugins)
     plugins.set_defaults(handler=_plugins)
+
+    loadgen.add_parser(commands)
     return parser
 
 

@@ -57,6 +57,8 @@ from ..frames import (
     Samples,
     StreamClosed,
     StreamOpened,
+    StreamPaused,
+    StreamResumed,
     StreamSignal,
 )
 from ..protocols import signatures
@@ -107,6 +109,11 @@ ORGANIZATION_ID = "6a1f0c1e-7d5b-4c3e-9a52-0d1f2b3c4d5e"
 """The ``Audiohook-Organization-Id`` players send unless told otherwise."""
 
 SAMPLE_RATE = 8000
+FIRST_PING_S = 1.0
+PING_INTERVAL_S = 5.0
+"""Genesys' reference client pings 1 s after ``opened``, then every 5 s; Twilio players
+ping on the WebSocket itself (RFC 6455 section 5.5.2) on the same schedule, since Media
+Streams have no ping message of their own."""
 CLOSE_GRACE_S = 10.0
 """How long past the last frame's departure a session may take to close (AudioHook's
 reference client waits 10 s for ``closed``)."""
@@ -347,6 +354,9 @@ class PlayerResult:
     ``disconnect`` before ``opened`` (``"unauthorized"``). ``error``: a kind
     (``connect``, ``handshake``, ``timeout``, ``connection_lost``, ``closed_by_server``,
     ``disconnect_error``, or the protocol violation's kind), empty when none.
+    ``received``: what the server sent, by kind (``opened``, ``pong``, ``pause``,
+    ``event`` entity types, ``disconnect``, ``closed``, ``audio`` for bot audio...).
+    ``rtts_ms``: AudioHook ``pong`` round trips; Twilio: WebSocket ping round trips.
     ``send_lag``: how late each audio message left against its plan (ms), so a load
     generator can tell whether it kept up.
     """
@@ -492,6 +502,8 @@ class _Session:
         self.received: dict[str, int] = {}
         self.send_lag = Histogram()
         self.close_code: int | None = None
+        self.ws_ping_s: float | None = None
+        self.ws_pong: asyncio.Future[float] | None = None
 
     # -- the whole session ----------------------------------------------------------------
 
@@ -540,6 +552,7 @@ class _Session:
         if isinstance(self.proto, TwilioDialect):  # Twilio streams without an answer
             self.opened = True
             self._start(loop.time())
+            self.ws_ping_s = loop.time() + (self.options.ping_interval_s or FIRST_PING_S)
         reader = asyncio.create_task(self._read(loop))
         try:
             await self._send_loop(loop)
@@ -564,12 +577,14 @@ class _Session:
                 self._take(now_s)
             self._finish_if_due(now_s)
             await self._flush(loop)
+            if self.ws_ping_s is not None and self.ws_ping_s <= now_s:
+                await self._ws_ping(loop)
             if self.peer_closed or (self.proto.close_expected() and not len(self.outbox)):
                 return
             await self._sleep(loop, self._next_wake_s())
 
     def _next_wake_s(self) -> float | None:
-        candidates = [self.outbox.head_due_s(), self.proto.next_deadline_s()]
+        candidates = [self.outbox.head_due_s(), self.proto.next_deadline_s(), self.ws_ping_s]
         if self.ready_s is not None and self.next_seq < self.total_frames:
             candidates.append(self.ready_s + self.next_seq * self.frame_ms / 1000.0)
         if self.ready_s is not None and not self.resume_done:
@@ -610,6 +625,29 @@ class _Session:
             if log.keep:
                 log.seqs.append(item.seq)
                 log.audio.append(share)
+
+    async def _ws_ping(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A WebSocket ping (Twilio players); one outstanding at a time."""
+        assert self.ws is not None
+        interval_s = self.options.ping_interval_s or PING_INTERVAL_S
+        self.ws_ping_s = None if self.finishing else loop.time() + interval_s
+        if self.ws_pong is not None and not self.ws_pong.done():
+            return
+        sent_s = loop.time()
+        try:
+            pong = await self.ws.ping()
+        except ConnectionClosed:
+            self.peer_closed = True
+            return
+        self.ws_pong = asyncio.ensure_future(pong)
+        self.ws_pong.add_done_callback(lambda done: self._on_ws_pong(done, sent_s, loop))
+
+    def _on_ws_pong(
+        self, done: asyncio.Future[float], sent_s: float, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        if not done.cancelled() and done.exception() is None:
+            self.rtts_ms.append((loop.time() - sent_s) * 1000.0)
+            self.received["pong"] = self.received.get("pong", 0) + 1
 
     def _take(self, now_s: float) -> None:
         """Queue what the protocol object wrote, right after each call that may write."""
@@ -728,6 +766,7 @@ class _Session:
         if self.finishing or self.ready_s is None or self.next_seq < self.total_frames:
             return
         self.finishing = True
+        self.ws_ping_s = None
         self.proto.end("end", now_s)
         self._take(now_s)
 
@@ -925,12 +964,22 @@ def _deinterleave(
     return tuple((channel, rows[:, index].tobytes()) for index, channel in enumerate(channels))
 
 
+_EVENT_KINDS: Mapping[type, str] = {
+    AudioFrame: "audio",
+    StreamOpened: "opened",
+    StreamClosed: "closed",
+    Pong: "pong",
+    Malformed: "malformed",
+    StreamPaused: "pause",
+    StreamResumed: "resume",
+}
+
+
 def _event_kind(event: Event) -> str:
+    """``PlayerResult.received`` keys: the server's message types as the events show them."""
     if isinstance(event, StreamSignal):
         return event.kind
-    if isinstance(event, AudioFrame):
-        return "audio"
-    return type(event).__name__
+    return _EVENT_KINDS.get(type(event), type(event).__name__.lower())
 
 
 def _decode_secret(text: str) -> bytes:
