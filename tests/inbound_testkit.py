@@ -71,7 +71,9 @@ class ProtocolServer:
     """Runs on its own event loop in a daemon thread; ``refuse_status`` answers every
     upgrade with that HTTP status; ``keys`` (AudioHook) or ``twilio_token`` check the
     upgrade's signature (401 when it fails); ``refuse_unauthorized`` answers AudioHook's
-    upgrade with ``disconnect`` reason ``unauthorized`` before ``open`` is answered."""
+    upgrade with ``disconnect`` reason ``unauthorized`` before ``open`` is answered;
+    ``end_after_frames`` ends each session the protocol's way (AudioHook ``disconnect``
+    reason ``completed``, as a draining server does) once that many frames arrived."""
 
     def __init__(
         self,
@@ -81,12 +83,14 @@ class ProtocolServer:
         keys: signatures.KeySet | None = None,
         twilio_token: str | None = None,
         refuse_unauthorized: bool = False,
+        end_after_frames: int | None = None,
     ) -> None:
         self.dialect = dialect
         self.refuse_status = refuse_status
         self.keys = keys
         self.twilio_token = twilio_token
         self.refuse_unauthorized = refuse_unauthorized
+        self.end_after_frames = end_after_frames
         self.sessions: list[ServerSession] = []
         self.upgrade_headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
@@ -199,6 +203,9 @@ class ProtocolServer:
                         session.texts.append(data)
                     events = proto.receive(Message(data, loop.time()))
                     session.add(events)
+                    frames = sum(len(seqs) for seqs in session.seqs.values())
+                    if self.end_after_frames is not None and frames >= self.end_after_frames:
+                        proto.end("completed", loop.time())
                 for out in proto.data_to_send():
                     await connection.send(out)
         except ConnectionClosed:

@@ -286,6 +286,19 @@ def test_audiohook_loss_sends_fewer_messages_and_never_duplicates() -> None:
     assert_server_got_what_was_sent(result, session)
 
 
+def test_server_ending_the_session_is_answered_and_stops_the_audio() -> None:
+    with ProtocolServer("audiohook", end_after_frames=6) as server:
+        result = run(server.url, duration_s=2.0)  # stereo: 3 messages make 6 frames
+        (session,) = server.finished()
+    assert result.completed and not result.error
+    assert result.disconnect_reason == "completed"
+    assert result.close_reason == "completed"
+    sent = result.channel("external")
+    assert 3 <= sent.sent < 10 and sent.paused == 0
+    assert_server_got_what_was_sent(result, session)
+    assert session.closed is not None and session.closed.reason == "disconnect"
+
+
 def test_probe_opens_sends_no_audio_and_closes() -> None:
     result, session = play_against("audiohook", probe=True)
     assert result.probe and result.opened and result.completed

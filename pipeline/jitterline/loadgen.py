@@ -366,16 +366,17 @@ def load_command(args: argparse.Namespace) -> int:
         code = EXIT_INTERRUPTED
     report = tally.report(time.monotonic() - started_s)
     _explain(report, args, sys.stderr)
-    document = {
+    run = {
         "command": "load",
         "url": redact_url(args.url),
         "dialect": args.dialect,
         "profile": args.profile,
+        "seed": args.seed,
         "sessions": args.sessions,
         "rate_per_s": args.rate,
         "duration_s": args.duration,
-        **report.as_json(),
     }
+    document = {"run": run, **report.as_json()}
     if code is not None:
         document["exit_code"] = code
     _write_json(args.json, document)

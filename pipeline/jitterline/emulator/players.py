@@ -689,8 +689,11 @@ class _Session:
         self._take(now_s)
         written = self._write_audio(samples)
         if not written:
-            for channel in samples:
-                self.logs[channel].paused += 1
+            if getattr(self.proto, "paused", False):
+                for channel in samples:
+                    self.logs[channel].paused += 1
+            else:  # the session no longer takes audio (the server is ending it)
+                self.finishing = True
             return
         assert self.ready_s is not None
         for data, shares in written:
