@@ -91,7 +91,8 @@ def test_all_completed_is_exit_0_and_frames_add_up() -> None:
     }
     assert shown["pong_rtt_ms"]["count"] == 2
     assert shown["pong_rtt_ms"]["p99"] == 6.0
-    assert shown["send_lag_ms"]["kept_up"] is True
+    assert shown["loop_lag_ms"]["kept_up"] is True
+    assert shown["send_lag_ms"]["held_back"] is False
 
 
 def test_refusals_only_are_exit_5_and_counted_by_status() -> None:
@@ -119,13 +120,24 @@ def test_a_session_still_running_is_not_success() -> None:
     assert tally.report(1.0).exit_code == EXIT_FAILED
 
 
-def test_a_lagging_generator_is_reported_as_falling_behind() -> None:
+def test_a_late_loop_means_the_generator_fell_behind() -> None:
     lag = Histogram()
     for _ in range(100):
-        lag.add(15.0)  # most of a 20 ms frame late
-    report = tally_of(result(opened=True, completed=True, send_lag=lag)).report(1.0)
-    assert not report.kept_up
-    assert report.as_json()["send_lag_ms"]["p99"] == 15.0
+        lag.add(15.0)  # woke most of a 20 ms frame late
+    report = tally_of(result(opened=True, completed=True, loop_lag=lag)).report(1.0)
+    assert not report.kept_up and not report.held_back
+    assert report.as_json()["loop_lag_ms"]["p99"] == 15.0
+
+
+def test_late_sends_from_a_punctual_loop_are_the_server_holding_back() -> None:
+    send_lag, loop_lag = Histogram(), Histogram()
+    for _ in range(100):
+        send_lag.add(250.0)
+        loop_lag.add(0.5)
+    report = tally_of(
+        result(opened=True, completed=True, send_lag=send_lag, loop_lag=loop_lag)
+    ).report(1.0)
+    assert report.kept_up and report.held_back
 
 
 # -- the command ----------------------------------------------------------------------------
@@ -155,6 +167,7 @@ def test_twenty_audiohook_sessions_open_complete_and_report_rtt() -> None:
     lag = report["send_lag_ms"]
     assert lag["count"] == 100  # one message per frame
     assert lag["p99"] is not None
+    assert report["loop_lag_ms"]["count"] > 0
     assert "20 opened, 20 completed" in done.stderr
     assert report["run"]["dialect"] == "audiohook"
 

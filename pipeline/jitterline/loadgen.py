@@ -94,6 +94,7 @@ class LoadReport:
     frames_paused: int
     rtt: Histogram = field(compare=False)
     send_lag: Histogram = field(compare=False)
+    loop_lag: Histogram = field(compare=False)
     frame_ms: float
     elapsed_s: float
 
@@ -103,10 +104,18 @@ class LoadReport:
 
     @property
     def kept_up(self) -> bool:
-        """The generator's send lag p99 stayed under half a frame: what the server saw is
-        the server's doing, not the generator's."""
-        p99 = self.send_lag.quantile_ms(0.99)
+        """The generator's own lateness (loop lag) p99 stayed under half a frame: what the
+        server saw is the server's doing, not the generator's."""
+        p99 = self.loop_lag.quantile_ms(0.99)
         return p99 is None or p99 < self.frame_ms / 2.0
+
+    @property
+    def held_back(self) -> bool:
+        """Audio left a frame or more late (send lag p99) while the generator's loop kept
+        up: the server was not reading fast enough (TCP backpressure) or the profile's
+        head-of-line delay is that large."""
+        p99 = self.send_lag.quantile_ms(0.99)
+        return self.kept_up and p99 is not None and p99 >= self.frame_ms
 
     @property
     def exit_code(self) -> int:
@@ -135,7 +144,8 @@ class LoadReport:
                 "paused": self.frames_paused,
             },
             "pong_rtt_ms": _percentiles(self.rtt),
-            "send_lag_ms": {**_percentiles(self.send_lag), "kept_up": self.kept_up},
+            "send_lag_ms": {**_percentiles(self.send_lag), "held_back": self.held_back},
+            "loop_lag_ms": {**_percentiles(self.loop_lag), "kept_up": self.kept_up},
             "frame_ms": self.frame_ms,
             "elapsed_s": round(self.elapsed_s, 3),
             "exit_code": self.exit_code,
@@ -154,6 +164,7 @@ class LoadTally:
         self.errors: dict[str, int] = {}
         self.rtt = Histogram()
         self.send_lag = Histogram()
+        self.loop_lag = Histogram()
 
     def add(self, result: PlayerResult) -> None:
         self.finished += 1
@@ -172,6 +183,7 @@ class LoadTally:
         for rtt_ms in result.rtts_ms:
             self.rtt.add(rtt_ms)
         self.send_lag.merge(result.send_lag)
+        self.loop_lag.merge(result.loop_lag)
 
     def report(self, elapsed_s: float) -> LoadReport:
         return LoadReport(
@@ -188,6 +200,7 @@ class LoadTally:
             frames_paused=self.paused,
             rtt=self.rtt,
             send_lag=self.send_lag,
+            loop_lag=self.loop_lag,
             frame_ms=self.frame_ms,
             elapsed_s=elapsed_s,
         )
@@ -444,19 +457,30 @@ def _explain(report: LoadReport, args: argparse.Namespace, out: TextIO) -> None:
     )
     rtt = _percentiles(report.rtt)
     lag = _percentiles(report.send_lag)
+    loop_lag = _percentiles(report.loop_lag)
     print(
         f"frames sent {report.frames_sent} (lost by profile {report.frames_lost}); "
         f"pong RTT ms p50 {rtt['p50']} p95 {rtt['p95']} p99 {rtt['p99']} "
         f"({rtt['count']} pongs)",
         file=out,
     )
-    verdict = (
-        "kept up"
-        if report.kept_up
-        else "FELL BEHIND: the server's numbers include the generator's own delay; "
-        "run fewer sessions per process"
+    if not report.kept_up:
+        verdict = (
+            "the generator FELL BEHIND (its own loop was late): the server's numbers include "
+            "that delay; run fewer sessions per process"
+        )
+    elif report.held_back:
+        verdict = (
+            "the generator kept up, but audio left a frame or more late (the server's "
+            "backpressure, or the profile's delays)"
+        )
+    else:
+        verdict = "the generator kept up"
+    print(
+        f"send lag ms p99 {lag['p99']} max {lag['max']}; loop lag ms p99 {loop_lag['p99']}: "
+        f"{verdict}",
+        file=out,
     )
-    print(f"send lag ms p99 {lag['p99']} max {lag['max']}: the generator {verdict}", file=out)
 
 
 def _write_json(target: str | None, document: dict[str, Any]) -> None:

@@ -357,8 +357,10 @@ class PlayerResult:
     ``received``: what the server sent, by kind (``opened``, ``pong``, ``pause``,
     ``event`` entity types, ``disconnect``, ``closed``, ``audio`` for bot audio...).
     ``rtts_ms``: AudioHook ``pong`` round trips; Twilio: WebSocket ping round trips.
-    ``send_lag``: how late each audio message left against its plan (ms), so a load
-    generator can tell whether it kept up.
+    ``send_lag``: how late each audio message left against its plan (ms): the generator's
+    own lateness plus any time the server made it wait (TCP backpressure). ``loop_lag``:
+    how late the sender woke against the time it asked for (ms), the generator's own
+    lateness alone: high means the load generator, not the server, fell behind.
     """
 
     dialect: str
@@ -376,6 +378,7 @@ class PlayerResult:
     rtts_ms: tuple[float, ...] = ()
     received: Mapping[str, int] = field(default_factory=dict)
     send_lag: Histogram = field(default_factory=Histogram, compare=False, repr=False)
+    loop_lag: Histogram = field(default_factory=Histogram, compare=False, repr=False)
 
     @property
     def frames_sent(self) -> int:
@@ -501,6 +504,7 @@ class _Session:
         self.rtts_ms: list[float] = []
         self.received: dict[str, int] = {}
         self.send_lag = Histogram()
+        self.loop_lag = Histogram()
         self.close_code: int | None = None
         self.ws_ping_s: float | None = None
         self.ws_pong: asyncio.Future[float] | None = None
@@ -601,6 +605,8 @@ class _Session:
             self.wake.clear()
             if handle is not None:
                 handle.cancel()
+        if until_s is not None and loop.time() >= until_s:
+            self.loop_lag.add((loop.time() - until_s) * 1000.0)
 
     async def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         assert self.ws is not None
@@ -864,6 +870,7 @@ class _Session:
             rtts_ms=tuple(self.rtts_ms),
             received=dict(self.received),
             send_lag=self.send_lag,
+            loop_lag=self.loop_lag,
         )
 
     # -- the upgrade -------------------------------------------------------------------------
