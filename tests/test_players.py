@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from inbound_testkit import ProtocolServer, ServerSession
+from jitterline import codecs
 from jitterline.emulator import PROFILES, ImpairmentModel, Impairments, ToneSource
 from jitterline.emulator.players import (
     Histogram,
@@ -176,6 +177,14 @@ def test_audiohook_stereo_session_delivers_each_channel_exactly() -> None:
     assert result.close_reason == "end"
     assert len(result.rtts_ms) == session.pings >= 2
     assert result.send_lag.count == 5  # one message per frame, both channels in it
+
+
+def test_default_audio_is_one_tone_per_channel_sample_for_sample() -> None:
+    result, session = play_against("twilio", duration_s=1.2, tracks=("inbound", "outbound"))
+    for track, freq_hz in (("inbound", 440.0), ("outbound", 660.0)):
+        frames = ToneSource(freq_hz).frames(sample_rate=8000, frame_ms=20.0)
+        expected = b"".join(codecs.encode(next(frames), "PCMU") for _ in range(60))
+        assert bytes(session.audio[track]) == expected == result.channel(track).audio
 
 
 def test_audiohook_l16_mono_offer_and_a_given_source() -> None:

@@ -31,6 +31,8 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
+import itertools
 import logging
 import math
 import secrets
@@ -65,7 +67,7 @@ from ..protocols import signatures
 from ..protocols.audioconnector import AudioConnectorDialect
 from ..protocols.audiohook import NULL_UUID, AudioHookDialect, MediaOffer
 from ..protocols.twilio import TwilioDialect
-from .audio import AudioSource, ToneSource
+from .audio import AudioSource, ToneSource, frame_samples
 from .impairments import PROFILES, ImpairmentModel, Impairments
 from .stream import frames_for
 
@@ -109,6 +111,7 @@ ORGANIZATION_ID = "6a1f0c1e-7d5b-4c3e-9a52-0d1f2b3c4d5e"
 """The ``Audiohook-Organization-Id`` players send unless told otherwise."""
 
 SAMPLE_RATE = 8000
+_MAX_CYCLE_FRAMES = 64
 FIRST_PING_S = 1.0
 PING_INTERVAL_S = 5.0
 """Genesys' reference client pings 1 s after ``opened``, then every 5 s; Twilio players
@@ -668,9 +671,7 @@ class _Session:
         codec, channels = self._media()
         for channel in channels:
             self.logs[channel] = _ChannelLog(channel, codec, self.options.keep_audio)
-            self.sources[channel] = _source(self.options.source, channel).frames(
-                sample_rate=SAMPLE_RATE, frame_ms=self.frame_ms
-            )
+            self.sources[channel] = _frames(_source(self.options.source, channel), self.frame_ms)
 
     def _media(self) -> tuple[str, tuple[str, ...]]:
         if isinstance(self.proto, TwilioDialect):
@@ -732,6 +733,8 @@ class _Session:
         audio now (paused, closing)."""
         if isinstance(self.proto, TwilioDialect):
             written: list[tuple[str | bytes, tuple[tuple[str, bytes], ...]]] = []
+            if self.proto.state != "streaming":
+                return written
             for track, track_samples in samples.items():
                 pcmu = codecs.encode(track_samples, "PCMU")
                 self.proto.send_audio(pcmu, track=track)
@@ -744,8 +747,9 @@ class _Session:
         data = self.proto.data_to_send()
         codec = self._media()[0]
         width = codecs.bytes_per_sample(codec)
+        keep = self.options.keep_audio
         return [
-            (message, _deinterleave(message, channels, width))
+            (message, _deinterleave(message, channels, width, keep))
             for message in data
             if isinstance(message, bytes)
         ]
@@ -966,10 +970,39 @@ def _source(source: AudioSource | Mapping[str, AudioSource] | None, channel: str
     return source
 
 
+def _frames(source: AudioSource, frame_ms: float) -> Iterator[Samples]:
+    """A tone's frames repeat once its phase comes back to 0: compute that cycle once and
+    share it (read-only arrays) between every session playing the same tone, since a load
+    run would otherwise spend much of its CPU on sines. Other sources play as they are."""
+    if isinstance(source, ToneSource):
+        cycle = _tone_cycle(source, frame_ms)
+        if cycle:
+            return itertools.cycle(cycle)
+    return source.frames(sample_rate=SAMPLE_RATE, frame_ms=frame_ms)
+
+
+@functools.lru_cache(maxsize=32)
+def _tone_cycle(source: ToneSource, frame_ms: float) -> tuple[Samples, ...]:
+    """The frames of one cycle (empty when the tone is not a whole number of Hz, or the
+    cycle is longer than ``_MAX_CYCLE_FRAMES``)."""
+    size = frame_samples(SAMPLE_RATE, frame_ms)
+    if not float(source.freq_hz).is_integer():
+        return ()
+    period = SAMPLE_RATE // math.gcd(int(source.freq_hz), SAMPLE_RATE)
+    count = period // math.gcd(period, size)
+    if count > _MAX_CYCLE_FRAMES:
+        return ()
+    frames = source.frames(sample_rate=SAMPLE_RATE, frame_ms=frame_ms)
+    return tuple(itertools.islice(frames, count))
+
+
 def _deinterleave(
-    data: bytes, channels: tuple[str, ...], width: int
+    data: bytes, channels: tuple[str, ...], width: int, keep: bool
 ) -> tuple[tuple[str, bytes], ...]:
-    """Each channel's share of an interleaved message, as the server splits it."""
+    """Each channel's share of an interleaved message, as the server splits it (only the
+    names when the bytes are not kept)."""
+    if not keep:
+        return tuple((channel, b"") for channel in channels)
     rows = np.frombuffer(data, dtype=f"V{width}").reshape(-1, len(channels))
     return tuple((channel, rows[:, index].tobytes()) for index, channel in enumerate(channels))
 
