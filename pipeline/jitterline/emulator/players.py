@@ -56,7 +56,6 @@ from ..frames import (
     Malformed,
     Message,
     Pong,
-    Samples,
     StreamClosed,
     StreamOpened,
     StreamPaused,
@@ -493,7 +492,7 @@ class _Session:
         )
         self.outbox = Outbox()
         self.logs: dict[str, _ChannelLog] = {}
-        self.sources: dict[str, Iterator[Samples]] = {}
+        self.sources: dict[str, Iterator[bytes]] = {}
         self.wake = asyncio.Event()
         self.ws: ClientConnection | None = None
         self.ready_s: float | None = None
@@ -671,7 +670,8 @@ class _Session:
         codec, channels = self._media()
         for channel in channels:
             self.logs[channel] = _ChannelLog(channel, codec, self.options.keep_audio)
-            self.sources[channel] = _frames(_source(self.options.source, channel), self.frame_ms)
+            source = _source(self.options.source, channel)
+            self.sources[channel] = _encoded_frames(source, self.frame_ms, codec)
 
     def _media(self) -> tuple[str, tuple[str, ...]]:
         if isinstance(self.proto, TwilioDialect):
@@ -690,14 +690,14 @@ class _Session:
             self.next_seq += 1
 
     def _capture(self, departure: Departure, now_s: float) -> None:
-        samples = {channel: next(source) for channel, source in self.sources.items()}
-        if not samples:
+        encoded = {channel: next(source) for channel, source in self.sources.items()}
+        if not encoded:
             return
         self._take(now_s)
-        written = self._write_audio(samples)
+        written = self._write_audio(encoded)
         if not written:
             if getattr(self.proto, "paused", False):
-                for channel in samples:
+                for channel in encoded:
                     self.logs[channel].paused += 1
             else:  # the session no longer takes audio (the server is ending it)
                 self.finishing = True
@@ -726,33 +726,26 @@ class _Session:
         self.outbox.push(Outgoing(data, due_s, kind, seq, shares))
 
     def _write_audio(
-        self, samples: dict[str, Samples]
+        self, encoded: dict[str, bytes]
     ) -> list[tuple[str | bytes, tuple[tuple[str, bytes], ...]]]:
         """The protocol object writes the frame: one message (AudioHook, channels
         interleaved) or one per track (Twilio). Empty when the session does not take
-        audio now (paused, closing)."""
+        audio now (paused, closing). Each channel's share is its mono wire bytes, which is
+        what a server splitting the message gets back (both codecs work sample by
+        sample, so interleaving the encoded bytes equals encoding interleaved samples)."""
         if isinstance(self.proto, TwilioDialect):
             written: list[tuple[str | bytes, tuple[tuple[str, bytes], ...]]] = []
             if self.proto.state != "streaming":
                 return written
-            for track, track_samples in samples.items():
-                pcmu = codecs.encode(track_samples, "PCMU")
+            for track, pcmu in encoded.items():
                 self.proto.send_audio(pcmu, track=track)
                 written.extend((data, ((track, pcmu),)) for data in self.proto.data_to_send())
             return written
-        channels = tuple(samples)
-        interleaved = np.column_stack([samples[channel] for channel in channels]).reshape(-1)
-        if not self.proto.send_audio(interleaved):
-            return []
-        data = self.proto.data_to_send()
         codec = self._media()[0]
-        width = codecs.bytes_per_sample(codec)
-        keep = self.options.keep_audio
-        return [
-            (message, _deinterleave(message, channels, width, keep))
-            for message in data
-            if isinstance(message, bytes)
-        ]
+        if not self.proto.send_audio(_interleave(list(encoded.values()), codec)):
+            return []
+        shares = tuple(encoded.items())
+        return [(message, shares) for message in self.proto.data_to_send()]
 
     def _pause_edge_s(self) -> float:
         assert self.options.pause_at_s is not None
@@ -970,21 +963,23 @@ def _source(source: AudioSource | Mapping[str, AudioSource] | None, channel: str
     return source
 
 
-def _frames(source: AudioSource, frame_ms: float) -> Iterator[Samples]:
-    """A tone's frames repeat once its phase comes back to 0: compute that cycle once and
-    share it (read-only arrays) between every session playing the same tone, since a load
-    run would otherwise spend much of its CPU on sines. Other sources play as they are."""
+def _encoded_frames(source: AudioSource, frame_ms: float, codec: str) -> Iterator[bytes]:
+    """A source's frames in ``codec``. A tone's frames repeat once its phase comes back to
+    0: that cycle is computed and encoded once and shared by every session playing the
+    same tone, since a load run would otherwise spend much of its CPU on sines and
+    encoding. Other sources are encoded frame by frame."""
     if isinstance(source, ToneSource):
-        cycle = _tone_cycle(source, frame_ms)
+        cycle = _tone_cycle(source, frame_ms, codec)
         if cycle:
             return itertools.cycle(cycle)
-    return source.frames(sample_rate=SAMPLE_RATE, frame_ms=frame_ms)
+    frames = source.frames(sample_rate=SAMPLE_RATE, frame_ms=frame_ms)
+    return (codecs.encode(samples, codec) for samples in frames)
 
 
 @functools.lru_cache(maxsize=32)
-def _tone_cycle(source: ToneSource, frame_ms: float) -> tuple[Samples, ...]:
-    """The frames of one cycle (empty when the tone is not a whole number of Hz, or the
-    cycle is longer than ``_MAX_CYCLE_FRAMES``)."""
+def _tone_cycle(source: ToneSource, frame_ms: float, codec: str) -> tuple[bytes, ...]:
+    """The encoded frames of one cycle (empty when the tone is not a whole number of Hz,
+    or the cycle is longer than ``_MAX_CYCLE_FRAMES``)."""
     size = frame_samples(SAMPLE_RATE, frame_ms)
     if not float(source.freq_hz).is_integer():
         return ()
@@ -993,18 +988,16 @@ def _tone_cycle(source: ToneSource, frame_ms: float) -> tuple[Samples, ...]:
     if count > _MAX_CYCLE_FRAMES:
         return ()
     frames = source.frames(sample_rate=SAMPLE_RATE, frame_ms=frame_ms)
-    return tuple(itertools.islice(frames, count))
+    return tuple(codecs.encode(samples, codec) for samples in itertools.islice(frames, count))
 
 
-def _deinterleave(
-    data: bytes, channels: tuple[str, ...], width: int, keep: bool
-) -> tuple[tuple[str, bytes], ...]:
-    """Each channel's share of an interleaved message, as the server splits it (only the
-    names when the bytes are not kept)."""
-    if not keep:
-        return tuple((channel, b"") for channel in channels)
-    rows = np.frombuffer(data, dtype=f"V{width}").reshape(-1, len(channels))
-    return tuple((channel, rows[:, index].tobytes()) for index, channel in enumerate(channels))
+def _interleave(channels: list[bytes], codec: str) -> bytes:
+    """Mono wire frames interleaved sample by sample, in channel order."""
+    if len(channels) == 1:
+        return channels[0]
+    width = f"V{codecs.bytes_per_sample(codec)}"
+    columns = [np.frombuffer(data, dtype=width) for data in channels]
+    return np.stack(columns, axis=1).tobytes()
 
 
 _EVENT_KINDS: Mapping[type, str] = {
