@@ -481,8 +481,10 @@ class _Session:
         self.frame_ms = options.effective_frame_ms
         self.total_frames = 0 if options.probe else frames_for(options.duration_s, self.frame_ms)
         self.proto = _make_dialect(options)
-        self.session_id = getattr(self.proto, "session_id", "") or str(
-            getattr(self.proto, "stream_id", "")
+        self.session_id = (
+            self.proto.stream_id
+            if isinstance(self.proto, TwilioDialect)
+            else self.proto.session_id
         )
         self.plan = SendPlan(
             options.impairments,
