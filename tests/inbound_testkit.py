@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from types import TracebackType
@@ -29,6 +29,7 @@ from jitterline.protocols.twilio import TwilioDialect
 __all__ = ["PATH", "ProtocolServer", "ServerSession"]
 
 PATH = "/api/v1/audiohook/ws"
+RESUME_AFTER_S = 0.5
 _WAIT_S = 5.0
 
 _FACTORIES: dict[str, Callable[[str | None], Dialect]] = {
@@ -72,8 +73,10 @@ class ProtocolServer:
     upgrade with that HTTP status; ``keys`` (AudioHook) or ``twilio_token`` check the
     upgrade's signature (401 when it fails); ``refuse_unauthorized`` answers AudioHook's
     upgrade with ``disconnect`` reason ``unauthorized`` before ``open`` is answered;
-    ``end_after_frames`` ends each session the protocol's way (AudioHook ``disconnect``
-    reason ``completed``, as a draining server does) once that many frames arrived."""
+    ``script`` maps a count of frames received (all channels) to what the server does
+    then: ``"end"`` ends the session the protocol's way (AudioHook ``disconnect`` reason
+    ``completed``, as a draining server does), ``"pause"`` asks an AudioHook client to pause
+    and to resume ``RESUME_AFTER_S`` later, ``"garbage"`` sends a text that is not JSON."""
 
     def __init__(
         self,
@@ -83,14 +86,14 @@ class ProtocolServer:
         keys: signatures.KeySet | None = None,
         twilio_token: str | None = None,
         refuse_unauthorized: bool = False,
-        end_after_frames: int | None = None,
+        script: Mapping[int, str] | None = None,
     ) -> None:
         self.dialect = dialect
         self.refuse_status = refuse_status
         self.keys = keys
         self.twilio_token = twilio_token
         self.refuse_unauthorized = refuse_unauthorized
-        self.end_after_frames = end_after_frames
+        self.script = dict(script or {})
         self.sessions: list[ServerSession] = []
         self.upgrade_headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
@@ -188,24 +191,36 @@ class ProtocolServer:
         if self.refuse_unauthorized:
             assert isinstance(proto, AudioHookDialect)
             proto.refuse(loop.time(), "test server refuses")
+        script = dict(self.script)
+        resume_at_s: float | None = None
         try:
             for out in proto.data_to_send():
                 await connection.send(out)
             while not proto.close_expected():
-                deadline = proto.next_deadline_s()
-                timeout = None if deadline is None else max(0.0, deadline - loop.time())
+                due = [d for d in (proto.next_deadline_s(), resume_at_s) if d is not None]
+                timeout = max(0.0, min(due) - loop.time()) if due else None
                 try:
                     data = await asyncio.wait_for(connection.recv(), timeout)
                 except (asyncio.TimeoutError, TimeoutError):
+                    if resume_at_s is not None and loop.time() >= resume_at_s:
+                        assert isinstance(proto, AudioHookDialect)
+                        proto.resume()
+                        resume_at_s = None
                     session.add(proto.timer(loop.time()))
                 else:
                     if isinstance(data, str):
                         session.texts.append(data)
-                    events = proto.receive(Message(data, loop.time()))
-                    session.add(events)
+                    session.add(proto.receive(Message(data, loop.time())))
                     frames = sum(len(seqs) for seqs in session.seqs.values())
-                    if self.end_after_frames is not None and frames >= self.end_after_frames:
+                    action = script.pop(frames, None)
+                    if action == "end":
                         proto.end("completed", loop.time())
+                    elif action == "pause":
+                        assert isinstance(proto, AudioHookDialect)
+                        proto.pause()
+                        resume_at_s = loop.time() + RESUME_AFTER_S
+                    elif action == "garbage":
+                        await connection.send("this is not JSON")
                 for out in proto.data_to_send():
                     await connection.send(out)
         except ConnectionClosed:

@@ -296,7 +296,7 @@ def test_audiohook_loss_sends_fewer_messages_and_never_duplicates() -> None:
 
 
 def test_server_ending_the_session_is_answered_and_stops_the_audio() -> None:
-    with ProtocolServer("audiohook", end_after_frames=6) as server:
+    with ProtocolServer("audiohook", script={6: "end"}) as server:
         result = run(server.url, duration_s=2.0)  # stereo: 3 messages make 6 frames
         (session,) = server.finished()
     assert result.completed and not result.error
@@ -306,6 +306,28 @@ def test_server_ending_the_session_is_answered_and_stops_the_audio() -> None:
     assert 3 <= sent.sent < 10 and sent.paused == 0
     assert_server_got_what_was_sent(result, session)
     assert session.closed is not None and session.closed.reason == "disconnect"
+
+
+def test_pause_requested_by_the_server_is_answered_and_holds_the_audio() -> None:
+    with ProtocolServer("audiohook", script={2: "pause"}) as server:
+        result = run(server.url, duration_s=2.0, media=[("PCMU", ("external",))])
+        (session,) = server.finished()
+    assert result.completed and not result.error
+    sent = result.channel("external")
+    assert sent.paused >= 1  # about RESUME_AFTER_S of frames
+    assert sent.made + sent.paused == 10
+    assert result.received.get("pause") == 1 and result.received.get("resume") == 1
+    assert_server_got_what_was_sent(result, session)
+    assert session.malformed == []  # nothing arrived while paused
+
+
+def test_a_server_breaking_the_protocol_is_an_error_of_that_kind() -> None:
+    with ProtocolServer("audiohook", script={2: "garbage"}) as server:
+        result = run(server.url, duration_s=2.0)
+        (session,) = server.finished()
+    assert result.opened and not result.completed
+    assert result.error == "bad_json"
+    assert session.closed is not None and session.closed.reason == "error"
 
 
 def test_probe_opens_sends_no_audio_and_closes() -> None:
