@@ -578,7 +578,6 @@ class _Session:
         while True:
             now_s = loop.time()
             self._capture_due(now_s)
-            self._pause_due(now_s)
             deadline = self.proto.next_deadline_s()
             if deadline is not None and deadline <= now_s:
                 self._record(self.proto.timer(now_s))
@@ -682,14 +681,18 @@ class _Session:
         return ("PCMU", ()) if media is None else media
 
     def _capture_due(self, now_s: float) -> None:
-        if self.ready_s is None or self.finishing:
+        """Capture every frame due by ``now_s``, applying a pause or resume due before a
+        frame first: a late wake-up still pauses the frames the schedule says it should."""
+        if self.ready_s is None:
             return
-        while (
-            self.next_seq < self.total_frames
-            and self.ready_s + self.next_seq * self.frame_ms / 1000.0 <= now_s
-        ):
+        while not self.finishing and self.next_seq < self.total_frames:
+            capture_s = self.ready_s + self.next_seq * self.frame_ms / 1000.0
+            self._pause_due(min(capture_s, now_s))
+            if capture_s > now_s:
+                return
             self._capture(self.plan.next(), now_s)
             self.next_seq += 1
+        self._pause_due(now_s)
 
     def _capture(self, departure: Departure, now_s: float) -> None:
         encoded = {channel: next(source) for channel, source in self.sources.items()}
