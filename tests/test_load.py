@@ -148,7 +148,7 @@ def test_twenty_audiohook_sessions_open_complete_and_report_rtt() -> None:
         done = load(
             server.url,
             *("--dialect", "audiohook", "--sessions", "20", "--rate", "40"),
-            *("--duration", "1", "--ping-interval", "0.3", "--quiet"),
+            *("--duration", "1.2", "--ping-interval", "0.45", "--quiet"),
         )
         sessions = server.finished()
     assert done.returncode == EXIT_OK, done.stderr
@@ -157,15 +157,15 @@ def test_twenty_audiohook_sessions_open_complete_and_report_rtt() -> None:
     assert report["sessions"]["opened"] == 20
     assert report["sessions"]["completed"] == 20
     assert report["sessions"]["refused"] == {} and report["sessions"]["errors"] == {}
-    # 20 sessions x 5 frames x 2 channels, and the server counted each one
-    assert report["frames"]["sent"] == 200
-    assert sum(len(seqs) for s in sessions for seqs in s.seqs.values()) == 200
+    # 20 sessions x 6 frames x 2 channels, and the server counted each one
+    assert report["frames"]["sent"] == 240
+    assert sum(len(seqs) for s in sessions for seqs in s.seqs.values()) == 240
     assert len(sessions) == 20
     rtt = report["pong_rtt_ms"]
     assert rtt["count"] == sum(s.pings for s in sessions) >= 40
     assert 0 < rtt["p50"] <= rtt["p95"] <= rtt["p99"] <= rtt["max"]
     lag = report["send_lag_ms"]
-    assert lag["count"] == 100  # one message per frame
+    assert lag["count"] == 120  # one message per frame
     assert lag["p99"] is not None
     assert report["loop_lag_ms"]["count"] > 0
     assert "20 opened, 20 completed" in done.stderr
