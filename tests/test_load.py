@@ -238,6 +238,36 @@ def test_twilio_auth_token_from_the_environment_signs_the_upgrade() -> None:
     assert "twilio-token" not in done.stdout + done.stderr
 
 
+def test_merged_tallies_add_up() -> None:
+    lag = Histogram()
+    lag.add(3.0)
+    one = tally_of(result(opened=True, completed=True, rtts_ms=(2.0,), send_lag=lag))
+    two = tally_of(result(refused="503"), result(error="timeout", rtts_ms=(9.0,)))
+    one.merge(two)
+    shown = one.report(1.0).as_json()
+    assert shown["sessions"]["started"] == shown["sessions"]["finished"] == 3
+    assert shown["sessions"]["refused"] == {"503": 1}
+    assert shown["sessions"]["errors"] == {"timeout": 1}
+    assert shown["pong_rtt_ms"]["count"] == 2 and shown["pong_rtt_ms"]["max"] == 9.0
+    assert shown["send_lag_ms"]["count"] == 1
+
+
+def test_workers_share_the_sessions_and_their_reports_merge() -> None:
+    with ProtocolServer("twilio") as server:
+        done = load(
+            server.url,
+            *("--dialect", "twilio", "--sessions", "6", "--rate", "50", "--duration", "0.4"),
+            *("--workers", "2", "--quiet"),
+        )
+        sessions = server.finished()
+    assert done.returncode == EXIT_OK, done.stderr
+    report = report_of(done)
+    assert report["run"]["workers"] == 2
+    assert report["sessions"]["started"] == report["sessions"]["completed"] == 6
+    assert report["frames"]["sent"] == 6 * 20 == sum(len(s.seqs["inbound"]) for s in sessions)
+    assert report["send_lag_ms"]["count"] == 120
+
+
 def test_probes_are_counted_as_probes() -> None:
     with ProtocolServer("audiohook") as server:
         done = load(

@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import multiprocessing
 import os
 import sys
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -36,6 +39,7 @@ from urllib.parse import urlsplit
 
 from .emulator.impairments import PROFILES
 from .emulator.players import (
+    CLOSE_GRACE_S,
     PLAYER_DIALECTS,
     Histogram,
     PlayerOptions,
@@ -185,6 +189,19 @@ class LoadTally:
         self.send_lag.merge(result.send_lag)
         self.loop_lag.merge(result.loop_lag)
 
+    def merge(self, other: LoadTally) -> None:
+        """Add another process's tally (``--workers``)."""
+        for name in ("started", "finished", "opened", "completed", "probes"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in ("frames_sent", "frames_lost", "duplicates", "paused"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for mine, theirs in ((self.refused, other.refused), (self.errors, other.errors)):
+            for key, count in theirs.items():
+                mine[key] = mine.get(key, 0) + count
+        self.rtt.merge(other.rtt)
+        self.send_lag.merge(other.send_lag)
+        self.loop_lag.merge(other.loop_lag)
+
     def report(self, elapsed_s: float) -> LoadReport:
         return LoadReport(
             started=self.started,
@@ -222,20 +239,21 @@ async def run_load(
     url: str,
     options: PlayerOptions,
     *,
-    sessions: int,
+    sessions: int | range,
     rate_per_s: float,
     tally: LoadTally,
     progress: Callable[[LoadTally, float], None] | None = None,
 ) -> None:
-    """Start ``sessions`` players, ``rate_per_s`` a second, and add each result to
-    ``tally`` as it finishes (so an interrupted run still reports what finished). Session
-    ``i`` plays with seed ``options.seed + i``."""
+    """Start players, ``rate_per_s`` a second, and add each result to ``tally`` as it
+    finishes (so an interrupted run still reports what finished). ``sessions`` is a count,
+    or the indices this process plays (a worker's share); session ``i`` starts ``i /
+    rate_per_s`` after the start and plays with seed ``options.seed + i``."""
     loop = asyncio.get_running_loop()
     start_s = loop.time()
     running: set[asyncio.Task[PlayerResult]] = set()
     reporter = None if progress is None else asyncio.create_task(_report_every(tally, progress))
     try:
-        for index in range(sessions):
+        for index in range(sessions) if isinstance(sessions, int) else sessions:
             delay_s = start_s + index / rate_per_s - loop.time()
             if delay_s > 0:
                 await asyncio.sleep(delay_s)
@@ -338,6 +356,13 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         help="allow cleartext ws:// to a non-loopback host",
     )
     parser.add_argument(
+        "--workers",
+        type=_count,
+        default=1,
+        metavar="N",
+        help="processes, each with its own event loop (1; no progress lines when > 1)",
+    )
+    parser.add_argument(
         "--json", metavar="FILE", help="write the JSON report to FILE (- = stdout)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -361,22 +386,25 @@ def load_command(args: argparse.Namespace) -> int:
     _check_url(args.url, args.allow_insecure)
     options = player_options(args, os.environ)
     tally = LoadTally(options.effective_frame_ms)
-    progress = None if args.quiet else _progress_line
     started_s = time.monotonic()
     code: int | None = None
-    try:
-        asyncio.run(
-            run_load(
-                args.url,
-                options,
-                sessions=args.sessions,
-                rate_per_s=args.rate,
-                tally=tally,
-                progress=progress,
+    if args.workers > 1:
+        if _run_workers(args, options, tally):
+            code = EXIT_INTERRUPTED
+    else:
+        try:
+            asyncio.run(
+                run_load(
+                    args.url,
+                    options,
+                    sessions=args.sessions,
+                    rate_per_s=args.rate,
+                    tally=tally,
+                    progress=None if args.quiet else _progress_line,
+                )
             )
-        )
-    except KeyboardInterrupt:
-        code = EXIT_INTERRUPTED
+        except KeyboardInterrupt:
+            code = EXIT_INTERRUPTED
     report = tally.report(time.monotonic() - started_s)
     _explain(report, args, sys.stderr)
     run = {
@@ -388,12 +416,46 @@ def load_command(args: argparse.Namespace) -> int:
         "sessions": args.sessions,
         "rate_per_s": args.rate,
         "duration_s": args.duration,
+        "workers": args.workers,
     }
     document = {"run": run, **report.as_json()}
     if code is not None:
         document["exit_code"] = code
     _write_json(args.json, document)
     return report.exit_code if code is None else code
+
+
+def _run_workers(args: argparse.Namespace, options: PlayerOptions, tally: LoadTally) -> bool:
+    """``--workers N``: N processes, worker k playing sessions k, k + N, k + 2N, ... on its
+    own event loop, so the ramp and the seeds are those of one process; their tallies are
+    merged. True when interrupted (the tallies of workers that returned are merged)."""
+    workers = args.workers
+    shares = [range(k, args.sessions, workers) for k in range(workers)]
+    context = multiprocessing.get_context("spawn")  # no inherited loop or threads
+    interrupted = False
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [pool.submit(_worker, args.url, options, share, args.rate) for share in shares]
+        try:
+            wait(futures)
+        except KeyboardInterrupt:  # the workers got the same SIGINT and return early
+            interrupted = True
+            wait(futures, timeout=CLOSE_GRACE_S)
+    for share, future in zip(shares, futures, strict=True):
+        if future.done() and not future.cancelled() and future.exception() is None:
+            tally.merge(future.result())
+            continue
+        logger.error("load worker for %d sessions failed: %s", len(share), future.exception())
+        tally.started += len(share)
+        tally.finished += len(share)
+        tally.errors["worker_failed"] = tally.errors.get("worker_failed", 0) + len(share)
+    return interrupted
+
+
+def _worker(url: str, options: PlayerOptions, share: range, rate_per_s: float) -> LoadTally:
+    tally = LoadTally(options.effective_frame_ms)
+    with contextlib.suppress(KeyboardInterrupt):  # report what finished
+        asyncio.run(run_load(url, options, sessions=share, rate_per_s=rate_per_s, tally=tally))
+    return tally
 
 
 def player_options(args: argparse.Namespace, environ: Mapping[str, str]) -> PlayerOptions:
