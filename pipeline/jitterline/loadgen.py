@@ -8,7 +8,8 @@ sessions differ yet a run repeats. The report counts sessions opened, refused (b
 status, or AudioHook ``unauthorized``), failed (by error kind) and completed, the frames
 sent, the pong RTT percentiles, and the generator's own send lag: how late, against its
 plan, it put audio on the wire. A lag comparable to a frame means the generator, not the
-server, was the bottleneck; the report says so.
+server, was the bottleneck; the report says so, and ``--workers N`` spreads the sessions
+over N processes.
 
 Exit codes (an interface, see docs/load.md): 0 every session completed; 1 at least one
 session failed (connect error, timeout, dropped, protocol violation, ``disconnect``
