@@ -150,6 +150,12 @@ def test_options_are_checked_when_built() -> None:
         PlayerOptions(duration_s=0.0)
 
 
+def test_a_url_that_is_not_websocket_is_a_config_error_without_its_query() -> None:
+    with pytest.raises(ConfigError, match="not a WebSocket URL") as caught:
+        run("https://example.com/hook?token=s3cr3t", duration_s=0.2)
+    assert "s3cr3t" not in str(caught.value)
+
+
 def test_credentials_never_show_in_a_repr() -> None:
     options = PlayerOptions(api_key="key-1234", client_secret=SECRET, auth_token="tok-5678")
     shown = repr(options)

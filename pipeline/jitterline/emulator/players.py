@@ -66,6 +66,7 @@ from ..protocols import signatures
 from ..protocols.audioconnector import AudioConnectorDialect
 from ..protocols.audiohook import NULL_UUID, AudioHookDialect, MediaOffer
 from ..protocols.twilio import TwilioDialect
+from ..transport import redact_url
 from .audio import AudioSource, ToneSource, frame_samples
 from .impairments import PROFILES, ImpairmentModel, Impairments
 from .stream import frames_for
@@ -113,6 +114,8 @@ ORGANIZATION_ID = "6a1f0c1e-7d5b-4c3e-9a52-0d1f2b3c4d5e"
 
 SAMPLE_RATE = 8000
 _MAX_CYCLE_FRAMES = 64
+"""Longest tone cycle shared between sessions (a 20 ms frame of a whole-Hz tone repeats
+within 50 frames, a 200 ms frame within 5)."""
 FIRST_PING_S = 1.0
 PING_INTERVAL_S = 5.0
 """Genesys' reference client pings 1 s after ``opened``, then every 5 s; Twilio players
@@ -123,7 +126,8 @@ CLOSE_GRACE_S = 10.0
 reference client waits 10 s for ``closed``)."""
 
 _SESSION_MARGIN_S = 2.0 * 2.0 + 5.0
-"""Worst head-of-line delay (twice the impairment model's 2 s draw cap) plus the open."""
+"""Slack for the impairments' delays (each random draw is capped at 2 s, a frame can be
+late by processing plus jitter plus base delay) on top of the open and the audio."""
 
 
 # -- sans-I/O: when each frame leaves --------------------------------------------------------
@@ -226,7 +230,8 @@ class Histogram:
 
     def add(self, value_ms: float) -> None:
         value = max(0.0, value_ms)
-        self._counts[_bucket(value)] = self._counts.get(_bucket(value), 0) + 1
+        bucket = _bucket(value)
+        self._counts[bucket] = self._counts.get(bucket, 0) + 1
         self.count += 1
         self.max_ms = max(self.max_ms, value)
 
@@ -549,8 +554,10 @@ class _Session:
         except InvalidStatus as exc:
             self.refused = str(exc.response.status_code)
             return
-        except InvalidURI as exc:
-            raise ConfigError(f"{exc}; give a ws:// or wss:// URL") from None
+        except InvalidURI:
+            raise ConfigError(
+                f"{redact_url(self.url)!r} is not a WebSocket URL; give ws:// or wss://"
+            ) from None
         except InvalidHandshake as exc:
             self._fail("handshake", f"upgrade failed: {type(exc).__name__}")
             return
