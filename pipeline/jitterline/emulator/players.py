@@ -819,6 +819,8 @@ class _Session:
                 self.rtts_ms.append(event.rtt_ms)
             elif isinstance(event, StreamClosed):
                 self.closed_event = event
+                if event.reason == "close_timeout":
+                    self._fail("close_timeout", "the server never answered close with closed")
             elif isinstance(event, Malformed) and event.fatal:
                 self._fail(event.kind, event.detail)
             elif isinstance(event, StreamSignal) and event.kind == "disconnect":
@@ -844,15 +846,8 @@ class _Session:
         if self.error or self.refused or not self.opened:
             return False
         if isinstance(self.proto, TwilioDialect):
-            return (
-                self.proto.state == "stopped"
-                and not len(self.outbox)
-                and self.close_code
-                in (
-                    None,
-                    1000,
-                )
-            )
+            clean_close = self.close_code in (None, 1000)
+            return self.proto.state == "stopped" and not len(self.outbox) and clean_close
         return self.closed_event is not None and self.closed_event.reason in ("end", "completed")
 
     def _result(self) -> PlayerResult:
