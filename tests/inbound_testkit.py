@@ -76,7 +76,8 @@ class ProtocolServer:
     ``script`` maps a count of frames received (all channels) to what the server does
     then: ``"end"`` ends the session the protocol's way (AudioHook ``disconnect`` reason
     ``completed``, as a draining server does), ``"pause"`` asks an AudioHook client to pause
-    and to resume ``RESUME_AFTER_S`` later, ``"garbage"`` sends a text that is not JSON."""
+    and to resume ``RESUME_AFTER_S`` later, ``"garbage"`` sends a text that is not JSON,
+    ``"bot"`` (Audio Connector) sends 400 ms of bot audio and a ``barge_in`` event."""
 
     def __init__(
         self,
@@ -221,6 +222,10 @@ class ProtocolServer:
                         resume_at_s = loop.time() + RESUME_AFTER_S
                     elif action == "garbage":
                         await connection.send("this is not JSON")
+                    elif action == "bot":
+                        assert isinstance(proto, AudioConnectorDialect)
+                        proto.send_audio(b"\xff" * 3200)  # two 1600-byte messages
+                        proto.barge_in()
                 for out in proto.data_to_send():
                     await connection.send(out)
         except ConnectionClosed:

@@ -219,6 +219,15 @@ def test_audioconnector_session_sends_the_external_channel_only() -> None:
     assert session.opened.info["inputVariables"] == {"greeting": "hello"}
 
 
+def test_audioconnector_bot_audio_and_events_are_counted() -> None:
+    with ProtocolServer("audioconnector", script={1: "bot"}) as server:
+        result = run(server.url, dialect="audioconnector", duration_s=0.6)
+        server.finished()
+    assert result.completed
+    assert result.received["audio"] == 2  # 3200 bytes in messages of at most 1600
+    assert result.received["barge_in"] == 1
+
+
 def test_twilio_session_delivers_every_chunk() -> None:
     result, session = play_against("twilio", duration_s=0.5)
     assert result.opened and result.completed
