@@ -321,7 +321,9 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("url", help="ws:// or wss:// URL of the server")
     parser.add_argument("--dialect", required=True, choices=PLAYER_DIALECTS)
-    parser.add_argument("--sessions", type=_count, default=10, metavar="N", help="(10)")
+    parser.add_argument(
+        "--sessions", type=_count, default=10, metavar="N", help="sessions to play (10)"
+    )
     parser.add_argument(
         "--rate", type=_positive, default=10.0, metavar="R", help="new sessions per second (10)"
     )
@@ -334,7 +336,10 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         "--frame-ms", type=_positive, metavar="MS", help="audio per message (200; Twilio 20)"
     )
     parser.add_argument(
-        "--ping-interval", type=_positive, metavar="S", help="AudioHook pings (every 5 s)"
+        "--ping-interval",
+        type=_positive,
+        metavar="S",
+        help="between pings (first after 1 s, then every 5 s)",
     )
     parser.add_argument("--probe", action="store_true", help="Genesys connection probes only")
     parser.add_argument(
@@ -373,6 +378,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="log verbosity on stderr (default: warning)",
     )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.set_defaults(handler=_handler)
     return parser
 
