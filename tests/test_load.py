@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from jitterline.loadgen import (
     API_KEY_ENV,
     CLIENT_SECRET_ENV,
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_REFUSED,
     TWILIO_AUTH_TOKEN_ENV,
@@ -31,8 +34,8 @@ _TIMEOUT_S = 60.0
 SECRET = base64.b64encode(b"load generator secret, 32 bytes!").decode()
 
 
-def load(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """``jitterline load`` in a child process running the code under test."""
+def child_environment(env: dict[str, str]) -> dict[str, str]:
+    """Ours without credentials, the code under test first on the path, plus ``env``."""
     source_root = str(Path(jitterline.__file__).resolve().parents[1])
     child_env = {
         key: value
@@ -40,13 +43,18 @@ def load(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
         if key not in (API_KEY_ENV, CLIENT_SECRET_ENV, TWILIO_AUTH_TOKEN_ENV)
     }
     child_env["PYTHONPATH"] = os.pathsep.join([source_root, child_env.get("PYTHONPATH", "")])
-    child_env.update(env or {})
+    child_env.update(env)
+    return child_env
+
+
+def load(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``jitterline load`` in a child process running the code under test."""
     return subprocess.run(
         [sys.executable, "-m", "jitterline.cli", "load", *argv],
         capture_output=True,
         text=True,
         timeout=_TIMEOUT_S,
-        env=child_env,
+        env=child_environment(env or {}),
         check=False,
     )
 
@@ -280,6 +288,32 @@ def test_probes_are_counted_as_probes() -> None:
     assert report["sessions"]["probes"] == 3 and report["sessions"]["completed"] == 3
     assert report["frames"]["sent"] == 0
     assert all(s.opened is not None and s.opened.probe for s in sessions)
+
+
+def test_ctrl_c_ends_every_session_the_protocol_way_and_exits_130() -> None:
+    with ProtocolServer("audiohook") as server:
+        child = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "jitterline.cli", "load", server.url),
+                *("--dialect", "audiohook", "--sessions", "3", "--rate", "50"),
+                *("--duration", "30", "--quiet"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=child_environment({}),
+        )
+        deadline = time.monotonic() + _TIMEOUT_S
+        while sum(s.opened is not None for s in list(server.sessions)) < 3:
+            assert time.monotonic() < deadline and child.poll() is None, "sessions never opened"
+            time.sleep(0.05)
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=_TIMEOUT_S)
+        sessions = server.finished()
+    assert child.returncode == EXIT_INTERRUPTED, err
+    report = json.loads(out)
+    assert report["sessions"]["started"] == report["sessions"]["completed"] == 3
+    assert all(s.closed is not None and s.closed.reason == "end" for s in sessions)
 
 
 def test_cleartext_to_another_host_is_a_usage_error() -> None:

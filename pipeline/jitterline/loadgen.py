@@ -252,18 +252,25 @@ async def run_load(
     loop = asyncio.get_running_loop()
     start_s = loop.time()
     running: set[asyncio.Task[PlayerResult]] = set()
+    stop = asyncio.Event()
     reporter = None if progress is None else asyncio.create_task(_report_every(tally, progress))
     try:
         for index in range(sessions) if isinstance(sessions, int) else sessions:
             delay_s = start_s + index / rate_per_s - loop.time()
             if delay_s > 0:
                 await asyncio.sleep(delay_s)
-            task = asyncio.create_task(play(url, replace(options, seed=options.seed + index)))
+            session_options = replace(options, seed=options.seed + index)
+            task = asyncio.create_task(play(url, session_options, stop=stop))
             tally.started += 1
             running.add(task)
             task.add_done_callback(lambda done: _finished(done, tally, running))
         while running:
             await asyncio.wait(set(running))
+    except asyncio.CancelledError:  # Ctrl-C: end every session the protocol's way, bounded
+        stop.set()
+        if running:
+            await asyncio.wait(set(running), timeout=CLOSE_GRACE_S)
+        raise
     finally:
         if reporter is not None:
             reporter.cancel()

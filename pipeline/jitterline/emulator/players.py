@@ -421,17 +421,35 @@ class _NoDebugLogger(_LoggerAdapter):
         return level > logging.DEBUG and self.logger.isEnabledFor(level)
 
 
-async def play(url: str, options: PlayerOptions | None = None, **changes: Any) -> PlayerResult:
+async def play(
+    url: str,
+    options: PlayerOptions | None = None,
+    *,
+    stop: asyncio.Event | None = None,
+    **changes: Any,
+) -> PlayerResult:
     """Play one session against ``url``; ``changes`` override fields of ``options``.
 
     Never raises for what the server does (refusals, drops and violations are in the
     result); ``ConfigError`` for bad options. The session is bounded: it gives up (error
     ``timeout``) once ``open_timeout_s + duration_s`` plus the worst impairment delay and
-    the close grace have passed.
+    the close grace have passed. Setting ``stop`` ends it early the protocol's way: no
+    more audio, then ``close`` (AudioHook) or ``stop`` (Twilio), as a Ctrl-C should.
     """
     chosen = replace(options or PlayerOptions(), **changes)
     session = _Session(url, chosen)
-    return await session.run()
+    if stop is None:
+        return await session.run()
+    watcher = asyncio.create_task(_stop_when_set(stop, session))
+    try:
+        return await session.run()
+    finally:
+        watcher.cancel()
+
+
+async def _stop_when_set(stop: asyncio.Event, session: _Session) -> None:
+    await stop.wait()
+    session.stop_early()
 
 
 async def play_demo(
@@ -580,6 +598,11 @@ class _Session:
                 reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+
+    def stop_early(self) -> None:
+        """No frame after those already captured; the session then ends as usual."""
+        self.total_frames = min(self.total_frames, self.next_seq)
+        self.wake.set()
 
     # -- sending ----------------------------------------------------------------------------
 
