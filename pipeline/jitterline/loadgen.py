@@ -14,7 +14,8 @@ over N processes.
 Exit codes (an interface, see docs/load.md): 0 every session completed; 1 at least one
 session failed (connect error, timeout, dropped, protocol violation, ``disconnect``
 error); 5 none failed but the server refused at least one; 2 usage error; 130
-interrupted (the report covers the sessions finished so far). Credentials come from the
+interrupted (Ctrl-C ends every running session the protocol's way, and the report covers
+them). Credentials come from the
 environment only (``JITTERLINE_LOAD_API_KEY``, ``JITTERLINE_LOAD_CLIENT_SECRET``,
 ``JITTERLINE_TWILIO_AUTH_TOKEN``), never from the command line, where ``ps`` and shell
 history would show them.
