@@ -145,7 +145,9 @@ def test_options_are_checked_when_built() -> None:
     with pytest.raises(ConfigError, match="probe"):
         PlayerOptions(dialect="twilio", probe=True)
     with pytest.raises(ConfigError, match="base64"):
-        PlayerOptions(client_secret="not base64!")
+        PlayerOptions(client_secret="not base64!", api_key="key-1")
+    with pytest.raises(ConfigError, match="api_key"):
+        PlayerOptions(client_secret=SECRET)
     with pytest.raises(ConfigError, match="duration_s"):
         PlayerOptions(duration_s=0.0)
 

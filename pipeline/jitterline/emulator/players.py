@@ -327,6 +327,11 @@ class PlayerOptions:
             raise ConfigError("probe is Genesys' connection test; Twilio has none")
         if self.client_secret is not None:
             _decode_secret(self.client_secret)
+            if not self.api_key:
+                raise ConfigError(
+                    "client_secret signs the upgrade with its API key as keyid; give api_key "
+                    "too (JITTERLINE_LOAD_API_KEY for jitterline load)"
+                )
 
     @property
     def effective_frame_ms(self) -> float:
