@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, loadgen
 from .codecs import StreamCodec
 from .config import CONCEALMENTS, PipelineConfig
 from .emulator import PROFILES, Emulator, ToneSource, WavSource
@@ -488,6 +488,8 @@ def _parser(host: PluginHost) -> argparse.ArgumentParser:
     )
     _plugin_switches(plugins)
     plugins.set_defaults(handler=_plugins)
+
+    loadgen.add_parser(commands)
     return parser
 
 
