@@ -408,6 +408,7 @@ def _parser(host: PluginHost) -> argparse.ArgumentParser:
     )
     _plugin_switches(plugins)
     plugins.set_defaults(handler=_plugins)
+    host.call("jitterline_register_commands", subparsers=commands)
     return parser
 
 
