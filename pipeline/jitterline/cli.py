@@ -20,6 +20,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -80,10 +81,22 @@ def _plugins(args: argparse.Namespace, host: PluginHost) -> int:
     for info in host.info():
         state = "enabled" if info.enabled else "disabled"
         origin = f" ({info.distribution})" if info.distribution else ""
-        print(f"{info.name}{origin}: {state}")
+        print(f"{info.name}{origin}: {state}{_extra(host.pm.get_plugin(info.name))}")
         for hook in info.hooks:
             print(f"    {hook}")
     return EXIT_OK
+
+
+def _extra(plugin: object) -> str:
+    """A plugin that needs an optional library names its extra (``extra``) and the
+    modules it imports (``requires``): say whether they are installed."""
+    extra = getattr(plugin, "extra", "")
+    if not extra:
+        return ""
+    missing = [name for name in getattr(plugin, "requires", ()) if find_spec(name) is None]
+    if not missing:
+        return f" [extra {extra}: installed]"
+    return f" [extra {extra}: needs {', '.join(missing)}: pip install 'jitterline[{extra}]']"
 
 
 def _demo(args: argparse.Namespace, host: PluginHost) -> int:
