@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +27,7 @@ __all__ = [
     "FRAME_SAMPLES",
     "RATE",
     "checkout_entry_points",
+    "project",
     "record_demo",
     "run_streams",
     "tone",
@@ -35,6 +37,12 @@ ROOT = Path(__file__).resolve().parent.parent
 RATE = 8000
 FRAME_SAMPLES = 160
 FIXED_60 = PipelineConfig(buffer_policy="fixed", buffer_ms=60.0)
+
+
+def project(pyproject: Path) -> dict[str, Any]:
+    """The ``[project]`` table of a pyproject.toml."""
+    table: dict[str, Any] = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+    return table
 
 
 def tone(frames: int, hz: float = 440.0) -> npt.NDArray[np.int16]:
@@ -107,13 +115,13 @@ def checkout_entry_points(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> It
     first on ``sys.path`` shadows it (importlib.metadata keeps the first distribution of a
     name), so entry-point loading sees exactly what a fresh install of this tree would.
     """
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    info = tmp_path / "site" / f"jitterline-{project['version']}.dist-info"
+    table = project(ROOT / "pyproject.toml")
+    info = tmp_path / "site" / f"jitterline-{table['version']}.dist-info"
     info.mkdir(parents=True)
     (info / "METADATA").write_text(
-        f"Metadata-Version: 2.1\nName: jitterline\nVersion: {project['version']}\n"
+        f"Metadata-Version: 2.1\nName: jitterline\nVersion: {table['version']}\n"
     )
-    lines = [f"{name} = {value}" for name, value in project["entry-points"]["jitterline"].items()]
+    lines = [f"{name} = {value}" for name, value in table["entry-points"]["jitterline"].items()]
     (info / "entry_points.txt").write_text("[jitterline]\n" + "\n".join(lines) + "\n")
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     yield
