@@ -237,7 +237,7 @@ class ReportSink(Collector):
                 log.exception("report %s could not be drawn", path)
                 continue
             self.written.append(path)
-            log.warning("report written to %s", path)
+            log.info("report written to %s", path)
 
 
 def report_command(args: argparse.Namespace, host: PluginHost) -> int:
