@@ -24,6 +24,7 @@ from jitterline_plugins.alerting import (
     parse_fleet,
     parse_rule,
 )
+from sink_testkit import checkout_entry_points  # noqa: F401 (a fixture)
 
 WAIT_S = 10.0
 PROMPT_S = 0.5
@@ -249,3 +250,29 @@ def test_cli_options_configure_the_entry_point_plugin(tmp_path: Path) -> None:
 
     assert [r.metric for r in sink.rules] == ["rtt_ms", "late_pct"]
     assert sink.fleet == FleetRule(10.0, 0.0)
+
+
+@pytest.mark.usefixtures("checkout_entry_points")
+def test_a_lossy_demo_alerts_a_loopback_webhook_and_recovers_when_the_call_ends(
+    webhook: Webhook, tmp_path: Path
+) -> None:
+    from jitterline.cli import main
+    from jitterline_plugins import alerting
+
+    argv = [
+        "demo",
+        "--profile",
+        "lossy",
+        "--duration",
+        "3",
+        "--quiet",
+        "--json",
+        str(tmp_path / "s"),
+    ]
+    code = main([*argv, "--alert", "loss_pct > 1", "--alert-webhook", webhook.url])
+    alerting.plugin.close()
+
+    assert code == 0
+    statuses = [body["status"] for body in webhook.wait_for(2)]
+    assert statuses == ["fired", "recovered"]
+    assert webhook.bodies[1]["text"].endswith("(now stream ended)")
