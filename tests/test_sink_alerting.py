@@ -3,6 +3,7 @@ webhooks on a real loopback HTTP server, hanging or down, never delaying a hook 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from jitterline import ConfigError, PluginHost, Stats, StreamInfo, diagnose
+from jitterline import ConfigError, PluginHost, Stats, StreamInfo, diagnose, hookimpl
 from jitterline.frames import FrameCounts, LatencyStats
 from jitterline_plugins.alerting import (
     AlertingSink,
@@ -24,7 +25,7 @@ from jitterline_plugins.alerting import (
     parse_fleet,
     parse_rule,
 )
-from sink_testkit import checkout_entry_points  # noqa: F401 (a fixture)
+from sink_testkit import checkout_entry_points, run_streams, tone  # noqa: F401 (a fixture)
 
 WAIT_S = 10.0
 PROMPT_S = 0.5
@@ -276,3 +277,30 @@ def test_a_lossy_demo_alerts_a_loopback_webhook_and_recovers_when_the_call_ends(
     statuses = [body["status"] for body in webhook.wait_for(2)]
     assert statuses == ["fired", "recovered"]
     assert webhook.bodies[1]["text"].endswith("(now stream ended)")
+
+
+class FrameClock:
+    """Notes the wall time of every played frame, in hook order."""
+
+    def __init__(self) -> None:
+        self.at: list[float] = []
+
+    @hookimpl
+    def jitterline_frame_played(self) -> None:
+        self.at.append(time.perf_counter())
+
+
+def test_frames_keep_flowing_while_every_alert_waits_on_a_hanging_webhook() -> None:
+    hanging = Webhook(hang=True)
+    sink = AlertingSink([parse_rule("jitter_ms >= 0")], webhooks=[hanging.url], timeout_s=5.0)
+    clock = FrameClock()
+    try:
+        run_streams(PluginHost(plugins=[clock, sink]), {"a": tone(100), "b": tone(100)})
+        assert len(sink.alerts) == 4  # each stream fired, and recovered as it ended
+        assert hanging.bodies == []  # the webhook still holds the first request
+        gaps = [later - earlier for earlier, later in itertools.pairwise(clock.at)]
+        assert len(clock.at) >= 200  # the tones, then the slots concealed until the end
+        assert max(gaps) < PROMPT_S  # no frame waited for the webhook
+    finally:
+        hanging.close()
+        sink.close(timeout_s=0.0)
