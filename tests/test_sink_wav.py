@@ -15,10 +15,21 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
+from reactivex.scheduler import HistoricalScheduler
+from reactivex.subject import Subject
 
-from jitterline import AudioFrame, ConfigError, PluginHost, StreamInfo
+from jitterline import (
+    AudioFrame,
+    ConfigError,
+    Message,
+    PipelineConfig,
+    PluginHost,
+    StreamInfo,
+    build_pipeline,
+)
 from jitterline_plugins.wav_sink import WavSink
 from sink_testkit import FRAME_SAMPLES, RATE, ROOT, run_streams, tone
+from test_audiohook import L16_STEREO, Genesys
 
 
 def read(path: Path) -> tuple[wave._wave_params, npt.NDArray[np.int16]]:
@@ -209,3 +220,31 @@ def test_a_demo_stopped_by_a_signal_leaves_a_valid_wav(tmp_path: Path, signum: i
     assert params.framerate == 8000
     assert params.nframes >= 4000  # the header counts what was written before the signal
     assert len(data) == params.nframes
+
+
+def test_an_audiohook_call_in_stereo_has_each_party_on_its_side(tmp_path: Path) -> None:
+    scheduler = HistoricalScheduler()
+    source: Subject[Message] = Subject()
+    external, internal = tone(50, 300), tone(50, 900)
+    genesys = Genesys()
+    opening = Message(genesys.open([L16_STEREO]), 0.0)
+    scheduler.schedule_relative(0.0, lambda *_: source.on_next(opening))
+    for seq in range(50):
+        span = slice(seq * FRAME_SAMPLES, (seq + 1) * FRAME_SAMPLES)
+        data = np.column_stack([external[span], internal[span]]).astype("<i2").tobytes()
+        message = Message(data, 0.01 + 0.02 * seq)
+        scheduler.schedule_relative(message.arrival_s, lambda *_, m=message: source.on_next(m))
+    scheduler.schedule_relative(1.5, lambda *_: source.on_completed())
+    sink = WavSink(tmp_path / "call.wav", layout="stereo")
+    config = PipelineConfig(dialect="audiohook", buffer_policy="fixed", buffer_ms=60.0)
+    pipeline = build_pipeline(
+        source, scheduler=scheduler, config=config, host=PluginHost(plugins=[sink]), role="server"
+    )
+    pipeline.output.subscribe(scheduler=scheduler)
+
+    scheduler.start()
+
+    params, data = read(tmp_path / "call.wav")
+    assert (params.nchannels, params.nframes) == (2, len(external))
+    assert np.array_equal(data[0::2], external)
+    assert np.array_equal(data[1::2], internal)
