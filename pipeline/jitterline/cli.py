@@ -439,7 +439,8 @@ def _setup_logging(level: str) -> None:
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("jitterline").setLevel(level.upper())
+    for name in ("jitterline", "jitterline_plugins"):
+        logging.getLogger(name).setLevel(level.upper())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

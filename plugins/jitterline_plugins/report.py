@@ -7,14 +7,16 @@ one line saying so and ``--report`` is skipped with one warning (the stream matt
 One page per stream and channel (file names as ``--wav`` names them, see
 ``jitterline_plugins.paths``): how late frames arrived over time (relative delay p50/p95
 and RFC 3550 jitter), what the jitter buffer aimed for, what went wrong each second (lost,
-late, concealed frames) with reconnections marked, the spread of the gaps between
-consecutive frames, and the diagnosis in words with the numbers behind it. The format
+late, concealed frames) with reconnections marked, the spread of the gaps between the
+arrivals of consecutive sequence numbers (of played frames: sinks are not handed the
+frames the buffer dropped as late), and the diagnosis in words with the numbers behind
+it. The format
 follows the suffix: ``.png``, ``.pdf``, ``.svg``, or ``.html`` (the picture embedded with
 the diagnosis as text, one file to attach to a ticket).
 
 What it keeps per stream is bounded: one row per snapshot (thinned to every other one past
 ``MAX_POINTS``), a fixed-bin histogram of inter-arrival gaps, and reconnect times. Drawing
-takes about a second, so live it happens on a worker thread of its own after the stream
+takes a second or more, so live it happens on a worker thread of its own after the stream
 closed, never on the loop that carries the audio; ``close()`` waits for it.
 """
 
