@@ -99,7 +99,7 @@ def test_a_scrape_after_a_demo_run_shows_the_runs_counts(
     assert value("jitterline_reconnects_total") == result.stats.connection.reconnects == 1
     assert value("jitterline_jitter_ms_count") >= 2  # one per snapshot
     assert value("jitterline_rtt_ms_count") >= 1
-    assert value("jitterline_active_streams") == 0  # the run is over
+    assert value("jitterline_active_streams") == value("jitterline_active_sessions") == 0
     assert value("jitterline_streams_by_verdict", verdict=result.diagnosis.verdict) == 0
 
 
@@ -161,6 +161,7 @@ def test_during_the_run_the_stream_is_active_with_its_buffer_target(
     dialect = ("dialect", "appfoundry")
 
     assert live[("jitterline_active_streams", (dialect,))] == 1
+    assert live[("jitterline_active_sessions", (dialect,))] == 1
     targets = [v for (name, _), v in live.items() if name == "jitterline_buffer_target_ms"]
     assert len(targets) == 1 and targets[0] > 0
     assert sum(v for (name, _), v in live.items() if name == "jitterline_streams_by_verdict") == 1

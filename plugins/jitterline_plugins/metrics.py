@@ -15,6 +15,7 @@ Series (``dialect`` on all of them, so a fleet dashboard splits AudioHook from T
     jitterline_jitter_ms                      histogram: RFC 3550 jitter, per stream per snapshot
     jitterline_delay_ms                       histogram: relative delay p95, idem
     jitterline_rtt_ms                         histogram: RTT, idem, where measured
+    jitterline_active_sessions                gauge: connections open now
     jitterline_active_streams                 gauge: streams (channels) open now
     jitterline_streams_by_verdict{verdict}    gauge: open streams per diagnosis verdict
     jitterline_buffer_target_ms{stream,channel}  gauge: each stream's buffer target
@@ -84,6 +85,9 @@ class _Series:
         self.delay: Histogram = self._ms("delay", "Relative delay p95 per stream snapshot")
         self.rtt: Histogram = self._ms("rtt", "Round-trip time per stream snapshot")
         self.active: Gauge = Gauge("jitterline_active_streams", "Open streams", d, registry=r)
+        self.sessions: Gauge = Gauge(
+            "jitterline_active_sessions", "Open connections", d, registry=r
+        )
         self.verdicts: Gauge = Gauge(
             "jitterline_streams_by_verdict", "Open streams by verdict", [*d, "verdict"], registry=r
         )
@@ -184,6 +188,8 @@ class MetricsSink:
         self.series.active.labels(stream.dialect).inc()
         seen, channels = self._reconnects.get(stream.stream_id, (0, 0))
         self._reconnects[stream.stream_id] = (seen, channels + 1)
+        if channels == 0:
+            self.series.sessions.labels(stream.dialect).inc()
 
     @hookimpl
     def jitterline_stats(self, stats: Stats, diagnosis: Diagnosis, stream: StreamInfo) -> None:
@@ -232,6 +238,8 @@ class MetricsSink:
         seen, channels = self._reconnects.pop(stream.stream_id, (0, 1))
         if channels > 1:
             self._reconnects[stream.stream_id] = (seen, channels - 1)
+        else:
+            self.series.sessions.labels(stream.dialect).dec()
 
     def _count(self, state: _Stream, stats: Stats, stream: StreamInfo, *, final: bool) -> None:
         """Advance the counters by what changed since the stream's last snapshot.
