@@ -3,7 +3,7 @@
 Needs prometheus-client (``pip install 'jitterline[metrics]'``); without it the run goes
 on without metrics, after one line saying so.
 
-Series (``dialect`` on all of them, so a fleet dashboard splits AudioHook from Twilio)::
+Series (``dialect`` on all but plugin failures, so a dashboard splits AudioHook from Twilio)::
 
     jitterline_frames_total{outcome}          played, late, duplicate, overflow, malformed,
                                               unplayed: each received frame once
