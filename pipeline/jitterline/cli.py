@@ -20,6 +20,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +88,22 @@ def _plugins(args: argparse.Namespace, host: PluginHost) -> int:
     for info in host.info():
         state = "enabled" if info.enabled else "disabled"
         origin = f" ({info.distribution})" if info.distribution else ""
-        print(f"{info.name}{origin}: {state}")
+        print(f"{info.name}{origin}: {state}{_extra(host.pm.get_plugin(info.name))}")
         for hook in info.hooks:
             print(f"    {hook}")
     return EXIT_OK
+
+
+def _extra(plugin: object) -> str:
+    """A plugin that needs an optional library names its extra (``extra``) and the
+    modules it imports (``requires``): say whether they are installed."""
+    extra = getattr(plugin, "extra", "")
+    if not extra:
+        return ""
+    missing = [name for name in getattr(plugin, "requires", ()) if find_spec(name) is None]
+    if not missing:
+        return f" [extra {extra}: installed]"
+    return f" [extra {extra}: needs {', '.join(missing)}: pip install 'jitterline[{extra}]']"
 
 
 def _demo(args: argparse.Namespace, host: PluginHost) -> int:
@@ -490,6 +503,7 @@ def _parser(host: PluginHost) -> argparse.ArgumentParser:
     plugins.set_defaults(handler=_plugins)
 
     loadgen.add_parser(commands)
+    host.call("jitterline_register_commands", subparsers=commands)
     return parser
 
 
@@ -507,7 +521,8 @@ def _setup_logging(level: str) -> None:
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("jitterline").setLevel(level.upper())
+    for name in ("jitterline", "jitterline_plugins"):
+        logging.getLogger(name).setLevel(level.upper())
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -85,6 +85,17 @@ def jitterline_add_options(parser: argparse.ArgumentParser) -> None:
 
 
 @hookspec
+def jitterline_register_commands(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
+    """Add subcommands to ``jitterline`` (``jitterline report``): call
+    ``subparsers.add_parser(name, help=...)``, add its arguments, and
+    ``set_defaults(handler=fn)`` where ``fn(args, host)`` runs the command and returns the
+    exit code. Called on the main thread while the command line is built; a
+    ``ConfigError`` from ``fn`` becomes one error line and exit code 2."""
+
+
+@hookspec
 def jitterline_configure(options: Mapping[str, Any]) -> None:
     """Receive the parsed options (argparse dest names) before the stream starts."""
 
