@@ -339,8 +339,8 @@ def _report(
     elif code == EXIT_OUTPUT:
         names = ", ".join(sorted(result.plugin_failures or {}))
         print(
-            f"jitterline: error: plugin {names} failed during the run (see the warning "
-            f"above); its output is incomplete; disable it with --disable NAME",
+            f"jitterline: error: plugin {names} failed during the run (see above); its "
+            f"output is incomplete; fix what it said, or leave it out with --disable NAME",
             file=sys.stderr,
         )
     elif code == EXIT_NO_AUDIO:
@@ -439,10 +439,9 @@ def _check_outputs(args: argparse.Namespace) -> None:
     ]
     for flag, value in outputs:
         _check_writable(flag, value)
-    named = [(flag, value) for flag, value in outputs if value != "-" and "{" not in value]
     capture = getattr(args, "capture", None)
-    if capture is not None:
-        named.append(("the capture", str(capture)))
+    named = [] if capture is None else [("the capture", str(capture))]
+    named += [(flag, value) for flag, value in outputs if value != "-" and "{" not in value]
     seen: dict[Path, str] = {}
     for flag, value in named:
         key = Path(value).expanduser().resolve()
@@ -476,12 +475,19 @@ def _check_writable(flag: str, value: str) -> None:
 # -- plugins --------------------------------------------------------------------------------
 
 
-def _host(argv: Sequence[str]) -> PluginHost:
-    from .plugins import PluginHost
-
+def _preparse(argv: Sequence[str]) -> argparse.Namespace:
+    """The options needed before the parser exists: logging (so that a plugin failing to
+    load is reported in the same form) and which plugins to load."""
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    _global_options(pre, top=True)
     _plugin_switches(pre)
     known, _ = pre.parse_known_args(argv)
+    return known
+
+
+def _host(known: argparse.Namespace) -> PluginHost:
+    from .plugins import PluginHost
+
     return PluginHost(disabled=known.disable, enabled=known.enable, load_entrypoints=True)
 
 
@@ -876,7 +882,11 @@ failed ...; next in 2 s", the final error line); shown too with ``-v``."""
 
 
 def _not_spoken_for(record: logging.LogRecord) -> bool:
-    return record.msg not in _SPOKEN_FOR
+    """Also drops the ``plugin_error`` alert's log line: the host's own line about the
+    failing plugin says the same, and a failure is said once."""
+    if record.msg in _SPOKEN_FOR:
+        return False
+    return not (record.name == "jitterline.alerts" and "plugin_error: " in record.getMessage())
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
@@ -891,7 +901,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
         root.removeHandler(old)
     handler = StatusLogHandler(sys.stderr)
     handler.setFormatter(_Formatter(args.debug))
-    if level == "warning" or level == "error":
+    if level in {"warning", "error"}:
         handler.addFilter(_not_spoken_for)
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
@@ -975,7 +985,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(arguments: list[str], debug: bool) -> int:
     sys.unraisablehook = _ignore_unraisable
     try:
-        host = _host(arguments)
+        known = _preparse(arguments)
+        _setup_logging(known)
+        host = _host(known)
         parser = _parser(host)
         args = parser.parse_args(arguments)
         if args.command is None:
