@@ -1,0 +1,106 @@
+"""The rich live display on a real terminal (tmux): log lines land above the table and stay,
+the verdict is coloured unless NO_COLOR is set."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+
+ROOT = Path(__file__).resolve().parents[1]
+WAIT_S = 60.0
+
+
+class Terminal:
+    """One tmux pane of 120 x 40 on a private tmux server."""
+
+    def __init__(self) -> None:
+        self.socket = f"jitterline-test-{uuid.uuid4().hex[:8]}"
+
+    def tmux(self, *args: str) -> str:
+        done = subprocess.run(
+            ["tmux", "-L", self.socket, *args],
+            capture_output=True,
+            text=True,
+            timeout=WAIT_S,
+            check=True,
+        )
+        return done.stdout
+
+    def run(self, args: list[str], **env: str) -> str:
+        """Run the command in the pane until it exits; the screen (and scrollback) then."""
+        paths = [str(ROOT / "pipeline"), str(ROOT / "plugins"), os.environ.get("PYTHONPATH", "")]
+        variables = {
+            "PYTHONPATH": os.pathsep.join(p for p in paths if p),
+            "TERM": "xterm-256color",
+        }
+        variables.update(env)
+        exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in variables.items())
+        line = shlex.join([sys.executable, "-m", "jitterline.cli", *args])
+        script = f"env -u NO_COLOR {exports} {line} > /dev/null; echo EXIT=$?; sleep {WAIT_S}"
+        self.tmux("new-session", "-d", "-x", "120", "-y", "40", script)
+        deadline = time.monotonic() + WAIT_S
+        while "EXIT=" not in (screen := self.screen()):
+            assert time.monotonic() < deadline, screen
+            time.sleep(0.2)
+        return screen
+
+    def screen(self, *, escapes: bool = False) -> str:
+        return self.tmux("capture-pane", "-p", "-J", "-S", "-", *(["-e"] if escapes else []))
+
+    def close(self) -> None:
+        subprocess.run(
+            ["tmux", "-L", self.socket, "kill-server"], capture_output=True, check=False
+        )
+
+
+@pytest.fixture
+def terminal() -> Iterator[Terminal]:
+    term = Terminal()
+    try:
+        yield term
+    finally:
+        term.close()
+
+
+def test_an_alert_raised_mid_run_is_still_on_the_screen_when_the_run_ends(
+    terminal: Terminal,
+) -> None:
+    # flaky drops the connection at 2 s of stream time: the verdict turns to loss mid-run
+    screen = terminal.run(["demo", "--profile", "flaky", "--duration", "5"])
+
+    lines = screen.splitlines()
+    alert = next(
+        i for i, line in enumerate(lines) if "warning:" in line and "verdict_changed" in line
+    )
+    table = next(i for i, line in enumerate(lines) if line.strip().startswith("verdict"))
+    assert alert < table  # printed above the table, not erased by a redraw
+    assert "connection lost" in screen
+    assert lines[table].split() == ["verdict", "loss"]
+    assert any(line.split()[:1] == ["alert"] and "verdict_changed" in line for line in lines)
+    assert sum(line.strip().startswith("verdict ") for line in lines) == 1  # no ghost table
+    assert "EXIT=0" in screen
+
+
+@pytest.mark.parametrize(("no_color", "coloured"), [(None, True), ("1", False)])
+def test_the_verdict_is_coloured_unless_no_color_is_set(
+    terminal: Terminal, no_color: str | None, coloured: bool
+) -> None:
+    env = {} if no_color is None else {"NO_COLOR": no_color}
+    terminal.run(["demo", "--duration", "2"], **env)
+
+    verdict = next(
+        line for line in terminal.screen(escapes=True).splitlines() if "verdict" in line
+    )
+    assert "healthy" in verdict
+    assert ("\x1b[32m" in verdict or "\x1b[1;32m" in verdict) is coloured
