@@ -216,7 +216,7 @@ def test_a_header_only_capture_exits_6_saying_no_audio(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["run", "://not a url"], "URL '://not a url' has no scheme; give a WebSocket URL"),
+        (["run", "://not a url"], "URL '://not a url' has no scheme; give one like wss://"),
         (["run", "http://x/y"], "URL 'http://x/y' has scheme 'http'"),
         (["run", "ws://example.com/s"], "pass --allow-insecure on a trusted test network"),
         (["demo", "--max-attempts", "-1"], "--max-attempts: -1 is below 0; 0 retries forever"),
@@ -230,6 +230,16 @@ def test_bad_values_are_named_by_their_flag(args: list[str], expected: str) -> N
     assert done.returncode == EXIT_USAGE
     assert expected in done.stderr
     assert not re.search(r"\b[a-z]+_[a-z_]+=", done.stderr)  # no Python parameter
+
+
+def test_a_bad_auth_url_is_echoed_as_given_with_its_flag(emulator: Emulator) -> None:
+    done = jitterline("run", emulator.ws_url, "--auth-url", "://login", env=credentials(emulator))
+
+    assert done.returncode == EXIT_USAGE
+    assert error_lines(done.stderr) == [
+        "jitterline: error: --auth-url '://login' has no scheme; give one like "
+        "https://login.mypurecloud.com"
+    ]
 
 
 def test_a_handshake_that_wants_a_token_names_the_environment_variables(

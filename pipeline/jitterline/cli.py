@@ -40,6 +40,8 @@ from . import __version__
 from .errors import AuthError, ConfigError, ConnectionLost, JitterlineError
 
 if TYPE_CHECKING:
+    from urllib.parse import SplitResult
+
     from .config import PipelineConfig
     from .live import RunResult, SessionOptions
     from .plugins import PluginHost
@@ -225,24 +227,38 @@ def _shown_url(url: str) -> str:
     return head + ("?..." if sep else "")
 
 
-def _check_stream_url(url: str, allow_insecure: bool) -> None:
-    """The session's own checks, said in flags: the URL is echoed as given."""
+def _check_url_shape(where: str, url: str, schemes: tuple[str, ...], example: str) -> SplitResult:
+    """Scheme and host, with the URL echoed as the user gave it."""
     from urllib.parse import urlsplit
-
-    from .transport import is_loopback_host
 
     shown = _shown_url(url)
     try:
         parts = urlsplit(url.strip())
         parts.port  # noqa: B018  (raises ValueError on a bad port)
     except ValueError as exc:
-        raise ConfigError(f"URL {shown!r} is not valid ({exc}); give wss://host/path") from None
+        raise ConfigError(
+            f"{where} {shown!r} is not valid ({exc}); give one like {example}"
+        ) from None
     scheme = parts.scheme.lower()
-    if scheme not in ("ws", "wss") or not parts.hostname:
+    if scheme not in schemes:
         what = f"has scheme {parts.scheme!r}" if scheme else "has no scheme"
-        what = what if parts.hostname or scheme not in ("ws", "wss") else "has no host"
-        raise ConfigError(f"URL {shown!r} {what}; give a WebSocket URL like wss://host/path")
-    if scheme == "ws" and not allow_insecure and not is_loopback_host(parts.hostname):
+        raise ConfigError(f"{where} {shown!r} {what}; give one like {example}")
+    if not parts.hostname:
+        raise ConfigError(f"{where} {shown!r} has no host; give one like {example}")
+    return parts
+
+
+def _check_stream_url(url: str, allow_insecure: bool) -> None:
+    """The session's own checks, said in flags: the URL is echoed as given."""
+    from .transport import is_loopback_host
+
+    parts = _check_url_shape("URL", url, ("wss", "ws"), "wss://host/path")
+    if (
+        parts.scheme.lower() == "ws"
+        and not allow_insecure
+        and not is_loopback_host(parts.hostname or "")
+    ):
+        shown = _shown_url(url)
         raise ConfigError(
             f"URL {shown!r} is cleartext ws:// to a non-loopback host, which would send the "
             "bearer token in the clear: use wss://, or pass --allow-insecure on a trusted "
@@ -272,7 +288,9 @@ def _tokens(args: argparse.Namespace) -> TokenProvider | None:
         raise ConfigError(
             f"no auth server: pass --auth-url URL or --region NAME, or set {AUTH_URL_ENV}"
         )
-    where = "--auth-url" if args.auth_url else AUTH_URL_ENV if not args.region else "--region"
+    where = "--auth-url" if args.auth_url else "--region" if args.region else AUTH_URL_ENV
+    if "://" in auth:
+        _check_url_shape(where, auth, ("https", "http"), "https://login.mypurecloud.com")
     try:
         return TokenProvider(auth, client_id, secret)
     except ConfigError as exc:
@@ -909,6 +927,15 @@ def _setup_logging(args: argparse.Namespace) -> None:
     logging.captureWarnings(True)
 
 
+def _teardown_logging() -> None:
+    from .status import StatusLogHandler
+
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, StatusLogHandler)]:
+        root.removeHandler(handler)
+    logging.captureWarnings(False)
+
+
 class _Signals:
     """SIGTERM is handled as Ctrl-C: the first of either stops the run cleanly (summary,
     capture ``end`` line) and is remembered for the exit code; a second one while shutting
@@ -957,6 +984,10 @@ def _asks_version(arguments: Sequence[str]) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command. Called with ``argv`` (tests, embedding), it puts back the signal
+    handlers, the unraisable hook and the logging it set up; as the process's command it
+    leaves them, so that a signal while the process waits for its threads to end exits at
+    once, without a traceback."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     if _asks_version(arguments):
         print(f"jitterline {__version__}")
@@ -965,6 +996,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     in_main_thread = argv is None or _is_main_thread()
     if in_main_thread:
         _SIGNALS.install()
+    unraisable = sys.unraisablehook
+    sys.unraisablehook = _ignore_unraisable
     try:
         return _main(arguments, debug)
     except KeyboardInterrupt:
@@ -977,13 +1010,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if argv is None:
             _SIGNALS.quit_at_once()
-            sys.unraisablehook = _ignore_unraisable
-        elif in_main_thread:
-            _SIGNALS.restore()
+        else:
+            sys.unraisablehook = unraisable
+            _teardown_logging()
+            if in_main_thread:
+                _SIGNALS.restore()
 
 
 def _main(arguments: list[str], debug: bool) -> int:
-    sys.unraisablehook = _ignore_unraisable
     try:
         known = _preparse(arguments)
         _setup_logging(known)
