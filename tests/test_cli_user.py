@@ -31,7 +31,9 @@ from jitterline.cli import (
     RUN_BACKOFF_S,
 )
 from jitterline.emulator import PROFILES, Emulator
+from jitterline.frames import Stats
 from jitterline.plugins import DISABLE_ENV as HOST_DISABLE_ENV
+from jitterline.status import LiveView, status_fields
 from jitterline.transport import BackoffPolicy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -517,3 +519,39 @@ def test_the_plain_status_line_shows_the_server_delay_the_verdict_rests_on() -> 
     assert all(280 <= ms <= 340 for ms in server)
     assert "server_delay" in lines[-1]
     assert json.loads(done.stdout)["diagnosis"]["verdict"] == "server_delay"
+
+
+# -- README -------------------------------------------------------------------------------------
+
+
+def readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index(f"## {title}")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def test_readme_sets_up_in_a_fresh_virtual_environment_with_one_interpreter_name() -> None:
+    blocks = re.findall(r"```sh\n(.*?)```", readme_section("Set-up: two commands"), re.S)
+    commands = [line for block in blocks for line in block.splitlines() if line and line[0] != "#"]
+
+    assert commands[0] == "python -m venv .venv && . .venv/bin/activate"
+    assert len(commands) == 3  # the environment, then the two commands
+    assert all(re.findall(r"\bpython\d?\b", c) for c in commands)
+    assert not any(re.search(r"\bpython3\b", c) for c in commands)
+
+
+def test_readme_shows_the_demo_as_a_terminal_shows_it() -> None:
+    """The block is the final table, then the diagnosis and the summary: the rows the live
+    view has, in its order, and no line the README does not explain."""
+    block = re.search(r"```text\n(.*?)```", readme_section("The demo"), re.S)
+    assert block is not None
+    lines = block.group(1).splitlines()
+    view = LiveView(max_attempts=10, duration_s=10.0)
+    view.stats(Stats(at_s=1.0))
+    labels = [label for label, _ in status_fields(view.shown())]
+
+    table = [line.split()[0] for line in lines[: len(labels)]]
+    assert table == [label.split()[0] for label in labels]
+    assert lines[len(labels)].startswith("diagnosis: healthy: ")
+    assert lines[len(labels) + 2] == "{"
+    assert not any("warning" in line for line in lines)
