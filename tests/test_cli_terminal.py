@@ -19,6 +19,7 @@ pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux
 
 ROOT = Path(__file__).resolve().parents[1]
 WAIT_S = 60.0
+CONSOLE_SCRIPT = "import sys; from jitterline.cli import main; sys.exit(main())"
 
 
 class Terminal:
@@ -46,7 +47,7 @@ class Terminal:
         }
         variables.update(env)
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in variables.items())
-        line = shlex.join([sys.executable, "-m", "jitterline.cli", *args])
+        line = shlex.join([sys.executable, "-c", CONSOLE_SCRIPT, *args])
         script = f"env -u NO_COLOR {exports} {line} > /dev/null; echo EXIT=$?; sleep {WAIT_S}"
         self.tmux("new-session", "-d", "-x", "120", "-y", "40", script)
         deadline = time.monotonic() + WAIT_S

@@ -51,8 +51,12 @@ def environment(**extra: str) -> dict[str, str]:
     return env
 
 
+CONSOLE_SCRIPT = "import sys; from jitterline.cli import main; sys.exit(main())"
+"""What the installed ``jitterline`` script runs (``[project.scripts]``)."""
+
+
 def command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "jitterline.cli", *args]
+    return [sys.executable, "-c", CONSOLE_SCRIPT, *args]
 
 
 def jitterline(
