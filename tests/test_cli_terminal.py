@@ -38,8 +38,7 @@ class Terminal:
         )
         return done.stdout
 
-    def run(self, args: list[str], **env: str) -> str:
-        """Run the command in the pane until it exits; the screen (and scrollback) then."""
+    def start(self, args: list[str], *, columns: int = 120, **env: str) -> None:
         paths = [str(ROOT / "pipeline"), str(ROOT / "plugins"), os.environ.get("PYTHONPATH", "")]
         variables = {
             "PYTHONPATH": os.pathsep.join(p for p in paths if p),
@@ -49,12 +48,19 @@ class Terminal:
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in variables.items())
         line = shlex.join([sys.executable, "-c", CONSOLE_SCRIPT, *args])
         script = f"env -u NO_COLOR {exports} {line} > /dev/null; echo EXIT=$?; sleep {WAIT_S}"
-        self.tmux("new-session", "-d", "-x", "120", "-y", "40", script)
+        self.tmux("new-session", "-d", "-x", str(columns), "-y", "40", script)
+
+    def wait_for(self, text: str) -> str:
         deadline = time.monotonic() + WAIT_S
-        while "EXIT=" not in (screen := self.screen()):
+        while text not in (screen := self.screen()):
             assert time.monotonic() < deadline, screen
             time.sleep(0.2)
         return screen
+
+    def run(self, args: list[str], **env: str) -> str:
+        """Run the command in the pane until it exits; the screen (and scrollback) then."""
+        self.start(args, **env)
+        return self.wait_for("EXIT=")
 
     def screen(self, *, escapes: bool = False) -> str:
         return self.tmux("capture-pane", "-p", "-J", "-S", "-", *(["-e"] if escapes else []))
@@ -105,3 +111,20 @@ def test_the_verdict_is_coloured_unless_no_color_is_set(
     )
     assert "healthy" in verdict
     assert ("\x1b[32m" in verdict or "\x1b[1;32m" in verdict) is coloured
+
+
+def test_ctrl_c_on_the_live_table_leaves_one_table_the_summary_and_exit_130(
+    terminal: Terminal,
+) -> None:
+    # flaky's loss alert makes the longest row: the table is as wide as the terminal allows
+    terminal.start(["demo", "--profile", "flaky", "--duration", "30"], columns=100)
+    terminal.wait_for("verdict_changed")
+    time.sleep(0.5)  # the table redrawn with the alert row
+    terminal.tmux("send-keys", "C-c")
+    screen = terminal.wait_for("EXIT=")
+
+    lines = screen.splitlines()
+    assert sum(line.split()[:1] == ["verdict"] for line in lines) == 1  # no row left behind
+    assert "jitterline: interrupted; the summary covers the run up to then" in screen
+    assert "EXIT=130" in screen
+    assert "Traceback" not in screen

@@ -412,13 +412,19 @@ class RichStatus:
 
         table = Table(show_header=False, box=None, padding=(0, 2))
         table.add_column(style="bold cyan", no_wrap=True)
-        table.add_column()
+        table.add_column(no_wrap=True, overflow="ellipsis", max_width=self._value_columns())
         for label, value in status_fields(self._view.shown()):
             style = _VERDICT_STYLES.get(value, "bold red") if label == "verdict" else ""
             if label == "verdict" and value == "waiting for audio":
                 style = "dim"
             table.add_row(label, Text(value, style=style))
         return table
+
+    def _value_columns(self) -> int:
+        """Rows stop short of the terminal's width: a full-width last row leaves the cursor
+        at the margin, where the ``^C`` the terminal echoes wraps a line and the next
+        redraw, one line off, leaves a copy of the table's first row behind."""
+        return max(20, self._console.width - len("server delay") - 12)
 
     def _print(self, text: str) -> None:
         self._console.print(text, markup=False, highlight=False, soft_wrap=True)
