@@ -117,7 +117,7 @@ def test_ctrl_c_on_the_live_table_leaves_one_table_the_summary_and_exit_130(
     terminal: Terminal,
 ) -> None:
     # flaky's loss alert makes the longest row: the table is as wide as the terminal allows
-    terminal.start(["demo", "--profile", "flaky", "--duration", "30"], columns=100)
+    terminal.start(["demo", "--profile", "flaky", "--duration", "30"], columns=110)
     terminal.wait_for("verdict_changed")
     time.sleep(0.5)  # the table redrawn with the alert row
     terminal.tmux("send-keys", "C-c")
