@@ -1034,7 +1034,12 @@ def _main(arguments: list[str], debug: bool) -> int:
     except JitterlineError as exc:
         _explain(exc, debug)
         return EXIT_AUTH if isinstance(exc, AuthError) else EXIT_USAGE
-    except Exception as exc:  # a bug: still one line, unless --debug asks for more
+    except Exception as exc:
+        if _SIGNALS.received is not None:
+            # The interruption turned into another error on its way up (numpy, for one,
+            # reports a KeyboardInterrupt during its import as a failed import).
+            raise KeyboardInterrupt from exc
+        # a bug: still one line, unless --debug asks for more
         _explain(exc, debug, prefix=f"internal error ({type(exc).__name__}): ")
         return EXIT_FAILED
 
