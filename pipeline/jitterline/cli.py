@@ -410,7 +410,7 @@ _OPTION_NAME = re.compile(r"\b(buffer_ms|min_buffer_ms|max_buffer_ms|window_fram
 def _in_flags(text: str) -> str:
     for library, user in _LIBRARY_TERMS:
         text = text.replace(library, user)
-    text = re.sub(r"--max-attempts=(\d+)", r"--max-attempts \1", text)
+    text = re.sub(r"(--[a-z][a-z-]*)=(\S)", r"\1 \2", text)
     return _OPTION_NAME.sub(lambda m: "--" + m.group(1).replace("_", "-") + " ", text)
 
 
