@@ -38,13 +38,15 @@ class Terminal:
         )
         return done.stdout
 
-    def start(self, args: list[str], *, columns: int = 120, **env: str) -> None:
+    def start(
+        self, args: list[str], *, columns: int = 120, env: dict[str, str] | None = None
+    ) -> None:
         paths = [str(ROOT / "pipeline"), str(ROOT / "plugins"), os.environ.get("PYTHONPATH", "")]
         variables = {
             "PYTHONPATH": os.pathsep.join(p for p in paths if p),
             "TERM": "xterm-256color",
         }
-        variables.update(env)
+        variables.update(env or {})
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in variables.items())
         line = shlex.join([sys.executable, "-c", CONSOLE_SCRIPT, *args])
         script = f"env -u NO_COLOR {exports} {line} > /dev/null; echo EXIT=$?; sleep {WAIT_S}"
@@ -59,7 +61,7 @@ class Terminal:
 
     def run(self, args: list[str], **env: str) -> str:
         """Run the command in the pane until it exits; the screen (and scrollback) then."""
-        self.start(args, **env)
+        self.start(args, env=env)
         return self.wait_for("EXIT=")
 
     def screen(self, *, escapes: bool = False) -> str:
