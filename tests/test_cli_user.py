@@ -401,6 +401,31 @@ def test_a_broken_plugin_is_named_once_and_skipped(
         assert f"{DISABLE_ENV}=broken" in warning
 
 
+def test_a_plugin_failing_to_add_its_options_is_named_once_and_skipped(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    dist = site / "raising_plugin-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: raising-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[jitterline]\nraising = raising_plugin:plugin\n")
+    (site / "raising_plugin.py").write_text(
+        "from jitterline import hookimpl\n"
+        "class Raising:\n"
+        "    @hookimpl\n"
+        "    def jitterline_add_options(self, parser):\n"
+        "        parser.add_argument('--json')  # clashes with the command's own\n"
+        "plugin = Raising()\n"
+    )
+    env = environment()
+    env["PYTHONPATH"] += os.pathsep + str(site)
+
+    done = jitterline("demo", "--help", env=env)
+
+    assert done.returncode == EXIT_OK
+    [warning] = done.stderr.splitlines()
+    assert warning.startswith("jitterline: warning: plugin 'raising' is skipped: it failed")
+    assert "conflicting option string: --json" in warning
+
+
 def test_plugins_json_lists_the_broken_one_too(broken_plugin: dict[str, str]) -> None:
     done = jitterline("plugins", "--json", env=broken_plugin)
 

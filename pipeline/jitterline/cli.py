@@ -515,7 +515,7 @@ def _add_plugin_options(parser: argparse.ArgumentParser, host: PluginHost) -> No
     hook = host.pm.hook.jitterline_add_options
     for impl in reversed(hook.get_hookimpls()):
         try:
-            impl.function(parser)
+            impl.function(*[parser for _ in impl.argnames])  # the spec has one argument
         except Exception as exc:
             name = impl.plugin_name
             if name not in host.broken:
