@@ -4,10 +4,8 @@ environment, the exit codes (auth refused, gave up, Ctrl-C, usage), help and plu
 from __future__ import annotations
 
 import _thread
-import io
 import json
 import socket
-import sys
 import threading
 from collections.abc import Iterator
 
@@ -24,15 +22,6 @@ from jitterline.cli import (
     main,
 )
 from jitterline.emulator import PROFILES, Emulator
-from jitterline.frames import (
-    BufferStats,
-    ConnectionEvent,
-    ConnectionStats,
-    FrameCounts,
-    LatencyStats,
-    Stats,
-)
-from jitterline.status import PlainStatus, RichStatus, make_status
 
 CLIENT_ID = "cli-test-client"
 SECRET = "s3cret-value-that-must-never-show"
@@ -181,9 +170,13 @@ def test_unknown_profile_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
     assert exit_info.value.code == EXIT_USAGE
 
 
-def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_command_prints_help_on_stderr_and_exits_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert main([]) == EXIT_USAGE
-    assert "demo" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert out == ""  # stdout is for the JSON summary only
+    assert "demo" in err
 
 
 def test_plugins_lists_builtins_with_hooks_and_disable_marks_them(
@@ -208,44 +201,3 @@ def test_enable_overrides_the_disable_environment_variable(
     listed = capsys.readouterr().out
     assert "alert_log: disabled" in listed
     assert "wav_sink (jitterline): enabled" in listed or "wav_sink: enabled" in listed
-
-
-class FakeTerminal(io.StringIO):
-    def isatty(self) -> bool:
-        return True
-
-
-def test_status_is_plain_lines_when_not_a_terminal_or_rich_is_missing(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    assert isinstance(make_status(io.StringIO()), PlainStatus)
-    assert isinstance(make_status(FakeTerminal()), RichStatus)
-    assert not caplog.records
-
-    monkeypatch.setitem(sys.modules, "rich.live", None)  # import fails like a missing extra
-    assert isinstance(make_status(FakeTerminal()), PlainStatus)
-    assert ["jitterline[live]" in r.getMessage() for r in caplog.records] == [True]
-
-
-def test_plain_status_line_shows_state_loss_jitter_buffer_and_reconnects() -> None:
-    stream = io.StringIO()
-    status = PlainStatus(stream, every_s=2.0, clock=iter([0.0, 1.0, 2.5]).__next__)
-    status.event(ConnectionEvent("connected", at_s=0.0))
-    snapshot = Stats(
-        at_s=1.0,
-        frames=FrameCounts(received=95, played=90, lost=10, late=5),
-        latency=LatencyStats(jitter_rfc3550_ms=31.25, delay_p95_ms=80.0, rtt_ms=12.0),
-        buffer=BufferStats(target_ms=120.0),
-        connection=ConnectionStats(reconnects=2),
-    )
-
-    for _ in range(3):  # at 0 s, 1 s (too soon, skipped), 2.5 s
-        status.stats(snapshot)
-
-    lines = stream.getvalue().splitlines()
-    assert len(lines) == 2
-    assert lines[0] == (
-        "jitterline: state connected | frames 95 received, 90 played | loss 9.5% | "
-        "late 4.8% | jitter 31.2 ms | delay p95 80.0 ms | buffer 120 ms | rtt 12.0 ms | "
-        "reconnects 2"
-    )
