@@ -200,7 +200,8 @@ class MetricsSink:
         state = self._streams[stream.key]
         series, dialect = self.series, stream.dialect
         self._count(state, stats, stream, final=False)
-        series.jitter.labels(dialect).observe(stats.latency.jitter_rfc3550_ms)
+        if stats.latency.jitter_rfc3550_ms is not None:  # None until a frame was measured
+            series.jitter.labels(dialect).observe(stats.latency.jitter_rfc3550_ms)
         if stats.latency.delay_p95_ms is not None:
             series.delay.labels(dialect).observe(stats.latency.delay_p95_ms)
         if stats.rtt_ms is not None:
