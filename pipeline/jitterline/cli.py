@@ -934,7 +934,7 @@ def _parser(host: PluginHost) -> argparse.ArgumentParser:
 
     from . import loadgen
 
-    loadgen.add_parser(commands)
+    _global_options(loadgen.add_parser(commands))  # -q: no progress lines
     host.call("jitterline_register_commands", subparsers=commands)
     return parser
 

@@ -379,14 +379,6 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--json", metavar="FILE", help="write the JSON report to FILE (- = stdout)"
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    parser.add_argument(
-        "--log-level",
-        default="warning",
-        choices=["debug", "info", "warning", "error"],
-        help="log verbosity on stderr (default: warning)",
-    )
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.set_defaults(handler=_handler)
     return parser
 

@@ -1,8 +1,8 @@
 """Writes each stream's played audio to WAV files: ``--wav TEMPLATE``.
 
-What is written is what left the jitter buffer, slot by slot: a concealed frame is
-silence (``frame.concealed``; the buffer's own concealment samples are not trusted to be
-silent), and the file starts at the first played frame and ends at the last received one
+What is written is what left the jitter buffer, slot by slot: a concealed frame is the
+concealment the chain made (silence by default, ``--conceal repeat|speech``, or the Opus
+decoder's), and the file starts at the first played frame and ends at the last received one
 (the slots the buffer conceals after the sender stopped are not a gap in the call), so
 the buffer adds no padding: a lossless stream's file holds exactly the samples sent.
 
@@ -76,9 +76,10 @@ def _open(path: Path, rate: int, channels: int) -> wave.Wave_write:
 
 
 def _audio(frame: AudioFrame) -> npt.NDArray[np.int16]:
+    """What plays in the frame's slot: the received audio, or the concealment the chain
+    put in its place (silence by default; ``--conceal repeat|speech`` or the Opus
+    decoder's own)."""
     assert frame.samples is not None
-    if frame.concealed:
-        return np.zeros_like(frame.samples)
     return frame.samples
 
 
@@ -92,7 +93,7 @@ class _Mono:
     channels: int
     frames: int = 0
     skipped: int = 0
-    held: int = 0
+    held: list[npt.NDArray[np.int16]] = field(default_factory=list)
     resampler: Resampler | None = None
 
     @classmethod
@@ -114,12 +115,11 @@ class _Mono:
             self.skipped += 1
             return
         self.frames += 1
-        if frame.concealed:
-            self.held += len(samples)
+        if frame.concealed:  # written once a received frame follows: no padding at the end
+            self.held.append(samples)
             return
-        silence = np.zeros(self.held, dtype=np.int16)
-        self.held = 0
-        self._put(np.concatenate([silence, samples]))
+        self._put(np.concatenate([*self.held, samples]))
+        self.held.clear()
 
     def close(self) -> None:
         if self.resampler is not None:
@@ -141,7 +141,7 @@ class _Lane:
     start: int
     pending: npt.NDArray[np.int16]
     open: bool = True
-    held: int = 0
+    held: list[npt.NDArray[np.int16]] = field(default_factory=list)
 
     @property
     def end(self) -> int:
@@ -184,11 +184,11 @@ class _Stereo:
         elif _format(frame) != (self.rate, 1):
             self.skipped += 1
             return
-        if frame.concealed:
-            lane.held += len(samples)
+        if frame.concealed:  # written once a received frame follows: no padding at the end
+            lane.held.append(samples)
             return
-        lane.pending = np.concatenate([lane.pending, np.zeros(lane.held, np.int16), samples])
-        lane.held = 0
+        lane.pending = np.concatenate([lane.pending, *lane.held, samples])
+        lane.held.clear()
         self._flush(final=False)
 
     def close_channel(self, channel: str) -> bool:

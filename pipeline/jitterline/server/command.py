@@ -75,7 +75,6 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--certfile", metavar="FILE", help="serve TLS with this certificate")
     parser.add_argument("--keyfile", metavar="FILE", help="the certificate's private key")
-    parser.add_argument("--quiet", action="store_true", help="no live status on stderr")
     parser.add_argument(
         "--status-every", type=float, default=5.0, metavar="S", help="status period (5)"
     )
