@@ -30,6 +30,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -399,6 +400,9 @@ def load_command(args: argparse.Namespace) -> int:
         if _run_workers(args, options, tally):
             code = EXIT_INTERRUPTED
     else:
+        # asyncio.run turns Ctrl-C into a cancellation of the main task (so every session
+        # closes the protocol's way) only while SIGINT has Python's default handler.
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             asyncio.run(
                 run_load(
@@ -412,6 +416,8 @@ def load_command(args: argparse.Namespace) -> int:
             )
         except KeyboardInterrupt:
             code = EXIT_INTERRUPTED
+        finally:
+            signal.signal(signal.SIGINT, previous)
     report = tally.report(time.monotonic() - started_s)
     _explain(report, args, sys.stderr)
     run = {
