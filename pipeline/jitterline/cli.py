@@ -160,6 +160,8 @@ def _demo(args: argparse.Namespace, host: PluginHost) -> int:
     from .live import SessionOptions
     from .transport import BackoffPolicy, TokenProvider
 
+    if args.dialect != "appfoundry":
+        return _demo_inbound(args, host)
     config = _config(args, dialect="appfoundry")
     _configure_plugins(args, host)
     audio = _demo_audio(args, host)
@@ -178,6 +180,54 @@ def _demo(args: argparse.Namespace, host: PluginHost) -> int:
         source = {"command": "demo", "profile": args.profile, "seed": args.seed}
         result, view = _live(args, host, options, config, source, shown_duration_s=duration_s)
     return _report(args, result, {**source, "duration_s": duration_s}, view)
+
+
+def _demo_inbound(args: argparse.Namespace, host: PluginHost) -> int:
+    """``demo --dialect audiohook|audioconnector|twilio``: a real ``serve`` on loopback
+    and the local endpoint playing the platform against it (``jitterline.inbound_demo``).
+    One channel prints one summary; a stereo AudioHook call prints a JSON array, one
+    summary per channel (each also on stderr as a diagnosis line)."""
+    import json
+
+    from .inbound_demo import run_inbound_demo
+
+    if args.audio is not None or args.codec != "L16":
+        raise ConfigError(
+            f"--audio and --codec drive the appfoundry endpoint; the {args.dialect} player "
+            "streams its own tones (drop them, or use --dialect appfoundry)"
+        )
+    config = _config(args, dialect=args.dialect)
+    _configure_plugins(args, host)
+    duration_s = args.duration or DEMO_DURATION_S
+    run = {
+        "command": "demo",
+        "dialect": args.dialect,
+        "profile": args.profile,
+        "seed": args.seed,
+        "duration_s": duration_s,
+    }
+    demo = run_inbound_demo(
+        host,
+        config,
+        dialect=args.dialect,
+        profile=args.profile,
+        seed=args.seed,
+        duration_s=duration_s,
+        run=run,
+    )
+    if not demo.summaries:
+        why = demo.player.refused or demo.player.error or "the session never opened"
+        print(f"jitterline: error: the {args.dialect} session failed: {why}", file=sys.stderr)
+        return EXIT_FAILED
+    for summary in demo.summaries:
+        diagnosis = summary["diagnosis"]
+        channel = summary["stream"]["channel"]
+        where = f" ({channel})" if channel else ""
+        print(f"diagnosis{where}: {diagnosis['verdict']}: {diagnosis['summary']}", file=sys.stderr)
+        print(f"action{where}: {diagnosis['action']}", file=sys.stderr)
+    document: Any = demo.summaries[0] if len(demo.summaries) == 1 else list(demo.summaries)
+    _write_summary(args, json.dumps(document, indent=2, allow_nan=False))
+    return EXIT_OK
 
 
 def _demo_audio(args: argparse.Namespace, host: PluginHost) -> dict[str, Any]:
@@ -858,6 +908,13 @@ def _parser(host: PluginHost) -> argparse.ArgumentParser:
         "needs another rate) instead of a tone",
     )
     demo.add_argument("--seed", type=int, default=0, metavar="N", help="impairment seed (0)")
+    demo.add_argument(
+        "--dialect",
+        default="appfoundry",
+        choices=("appfoundry", "audiohook", "audioconnector", "twilio"),
+        help="appfoundry: we dial the local endpoint (default); audiohook, "
+        "audioconnector, twilio: the endpoint plays the platform and dials our serve",
+    )
     _live_options(demo)
     _common(demo, host)
     demo.set_defaults(handler=_demo)
