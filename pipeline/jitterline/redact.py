@@ -69,10 +69,14 @@ def _keep_quotes(match: re.Match[str]) -> str:
 
 
 _PATTERNS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...] = (
-    # Authorization schemes: "Basic <b64>", "Bearer <token>". The credential must hold a
-    # capital, a digit or a symbol: prose ("bearer token", "basic auth") stays readable.
+    # Authorization schemes: "Basic <b64>", "Bearer <token>". The credential must be 6+
+    # characters with a capital, a digit or a symbol: prose ("bearer token.", "Basic
+    # auth") stays readable.
     (
-        re.compile(rf"\b(basic|bearer)(\s+)(?=[a-z]*[^a-z\s]){_TOKEN_CHARS}", re.IGNORECASE),
+        re.compile(
+            rf"\b((?i:basic|bearer))(\s+)(?=[A-Za-z0-9._~+/=\-]{{6}})"
+            rf"(?=[a-z.]*[A-Z0-9_~+/=\-]){_TOKEN_CHARS}"
+        ),
         rf"\1\2{MASK}",
     ),
     # Header lines: "Authorization: ...", "X-API-KEY: ..." (the value up to the end of the
@@ -86,14 +90,14 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], .
         ),
         _keep_quotes,
     ),
-    # JSON members: "access_token": "...", "client_secret": "...".
+    # JSON or Python-repr members: "access_token": "...", 'client_secret': '...'.
     (
         re.compile(
             rf"([\"'](?:{_SECRET_NAMES}|token|api-key|apiKey|clientSecret|accessToken)[\"']"
-            r"\s*:\s*)\"(?!\*\*\*\")(?:[^\"\\]|\\.)*\"",
+            r"\s*:\s*)(\"(?!\*\*\*\")(?:[^\"\\]|\\.)*\"|'(?!\*\*\*')(?:[^'\\]|\\.)*')",
             re.IGNORECASE,
         ),
-        rf'\1"{MASK}"',
+        _keep_quotes,
     ),
     # name=value pairs in URLs, forms and log lines.
     (
