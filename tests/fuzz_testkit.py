@@ -36,4 +36,6 @@ def examples(share: float) -> int:
     """``share`` of the loaded profile's ``max_examples`` (tests/conftest.py), at least 10:
     how a test with costly examples stays inside the CI budget and still grows with
     ``HYPOTHESIS_PROFILE=long``."""
-    return max(10, int(settings.default.max_examples * share))
+    profile = settings.default
+    budget = profile.max_examples if profile is not None else 100
+    return max(10, int(budget * share))

@@ -19,7 +19,6 @@ import contextlib
 import json
 import random
 from collections import Counter
-
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -373,7 +372,7 @@ def test_mutated_transcripts_never_make_receive_or_timer_raise(
     if made:
         proto.connection_made(0.0)
     now_s = 0.0
-    for data, step_s in zip(inputs, steps):
+    for data, step_s in zip(inputs, steps, strict=True):
         now_s += step_s
         events = proto.receive(Message(data, arrival_s=now_s, received_wall_s=WALL_S + now_s))
         assert isinstance(events, list)
