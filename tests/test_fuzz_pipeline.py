@@ -36,9 +36,8 @@ from test_fuzz_protocols import DIALECTS, TRANSCRIPTS, mutated
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
-ROLES: list[tuple[str, Role]] = [("appfoundry", "client")] + [
-    (name, "server") for name in DIALECTS
-]
+SERVER: Role = "server"
+ROLES: list[tuple[str, Role]] = [("appfoundry", "client")] + [(name, SERVER) for name in DIALECTS]
 """Every dialect's server role, and appfoundry's client role. The client objects of
 Twilio, AudioHook and Audio Connector need the ids they will announce (``stream_sid``,
 ``conversation_id`` ...), which ``build_pipeline`` (a receiver) has no way to give, so
@@ -110,10 +109,14 @@ def run_pipeline(
     def at(seconds: float) -> datetime:
         return EPOCH + timedelta(seconds=seconds)
 
+    def deliver(item: Any) -> Any:
+        return lambda _scheduler, _state: subject.on_next(item)
+
     for when_s, item in timeline:
+        timed = item
         if isinstance(item, ConnectionEvent):
-            item = ConnectionEvent(item.kind, when_s, rtt_ms=item.rtt_ms)
-        scheduler.schedule_absolute(at(when_s), lambda _s, _st, item=item: subject.on_next(item))
+            timed = ConnectionEvent(item.kind, when_s, rtt_ms=item.rtt_ms)
+        scheduler.schedule_absolute(at(when_s), deliver(timed))
     end_s = (timeline[-1][0] if timeline else 1.0) + 1.0
     scheduler.schedule_absolute(at(end_s), lambda _s, _st: subject.on_completed())
     scheduler.advance_to(at(end_s + 5.0))
