@@ -36,8 +36,9 @@ from test_fuzz_protocols import DIALECTS, TRANSCRIPTS, mutated
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
+CLIENT: Role = "client"
 SERVER: Role = "server"
-ROLES: list[tuple[str, Role]] = [("appfoundry", "client")] + [(name, SERVER) for name in DIALECTS]
+ROLES: list[tuple[str, Role]] = [("appfoundry", CLIENT), *((name, SERVER) for name in DIALECTS)]
 """Every dialect's server role, and appfoundry's client role. The client objects of
 Twilio, AudioHook and Audio Connector need the ids they will announce (``stream_sid``,
 ``conversation_id`` ...), which ``build_pipeline`` (a receiver) has no way to give, so
