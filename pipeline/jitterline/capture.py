@@ -233,7 +233,7 @@ def _header(path: Path, line: dict[str, Any]) -> CaptureHeader:
     if not isinstance(dialect, str):
         raise _bad(path, 1, "names no dialect")
     role = line.get("role", "client")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:
         raise _bad(path, 1, f"has role {role!r}, not client or server")
     source = line.get("source")
     return CaptureHeader(
@@ -293,6 +293,8 @@ def _config_value(path: Path, name: str, value: object, spec: Any) -> object:
 def _record(path: Path, number: int, line: dict[str, Any]) -> CaptureRecord:
     t = _t(path, number, line)
     kind = line.get("kind")
+    if not isinstance(kind, str):
+        raise _bad(path, number, f"has kind {kind!r}, not text, binary, event or end")
     if kind in {"text", "binary"}:
         return _message(path, number, line, t, kind == "binary")
     if kind == "event":
@@ -341,7 +343,7 @@ def _field(path: Path, number: int, label: str, value: object, name: str) -> int
 
 def _event(path: Path, number: int, line: dict[str, Any], t: float) -> ConnectionEvent:
     kind = line.get("event", "connecting")
-    if kind not in _KINDS:
+    if not isinstance(kind, str) or kind not in _KINDS:
         raise _bad(path, number, f"has event {kind!r}, not one of {', '.join(sorted(_KINDS))}")
     options: dict[str, Any] = {}
     for name in _EVENT_FIELDS:
