@@ -47,7 +47,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import IO, Any, get_args, get_type_hints
+from typing import IO, Any, cast, get_args, get_type_hints
 
 from .config import PipelineConfig
 from .errors import ConfigError
@@ -356,7 +356,7 @@ def _event(path: Path, number: int, line: dict[str, Any], t: float) -> Connectio
             options[name] = value
         else:
             options[name] = _field(path, number, name, value, name)
-    return ConnectionEvent(kind=kind, at_s=t, **options)
+    return ConnectionEvent(kind=cast(ConnectionKind, kind), at_s=t, **options)
 
 
 def _optional_float(path: Path, number: int, line: dict[str, Any], name: str) -> float | None:
