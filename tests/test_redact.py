@@ -4,15 +4,23 @@ exception messages and log records of any jitterline logger (issue 12, item 7)."
 from __future__ import annotations
 
 import base64
+import http.server
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
+import threading
+import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from jitterline.emulator import Emulator
 from jitterline.errors import AuthError, JitterlineError
 from jitterline.redact import (
     MASK,
@@ -158,3 +166,158 @@ def test_installing_twice_adds_one_filter() -> None:
 
     assert first is second
     assert sum(isinstance(f, RedactingFilter) for f in handler.filters) == 1
+
+
+# -- the canary: everything a run writes, scanned for the secret in every form --------------
+
+
+class _EchoingTokenEndpoint:
+    """A token endpoint that puts the request's Authorization header in its
+    ``error_description`` (item 7): ``answers`` lists the statuses of the requests in turn
+    (the last repeats); a 200 grants ``BEARER``."""
+
+    def __init__(self, answers: list[int]) -> None:
+        self.answers = answers
+        self.requests = 0
+        endpoint = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                status = endpoint.answers[min(endpoint.requests, len(endpoint.answers) - 1)]
+                endpoint.requests += 1
+                if status == 200:
+                    body = {"access_token": BEARER, "token_type": "bearer", "expires_in": 3600}
+                else:
+                    body = {
+                        "error": "invalid_client",
+                        "error_description": f"refused {self.headers.get('Authorization')}",
+                    }
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def __enter__(self) -> _EchoingTokenEndpoint:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5.0)
+
+
+BEARER = "canary-Bearer-0f9e8d7c6b5a"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _forms(client_id: str, secret: str) -> dict[str, str]:
+    pair = f"{client_id}:{secret}".encode()
+    return {
+        "raw secret": secret,
+        "quoted secret": urllib.parse.quote(secret, safe=""),
+        "Basic": base64.b64encode(pair).decode(),
+        "Basic, unpadded": base64.b64encode(pair).decode().rstrip("="),
+        "Basic, urlsafe": base64.urlsafe_b64encode(pair).decode().rstrip("="),
+        "Bearer": BEARER,
+    }
+
+
+def _jitterline(
+    args: list[str], *, env: dict[str, str], timeout_s: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, **env}
+    environment["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT / "pipeline"), str(ROOT / "plugins"), os.environ.get("PYTHONPATH", "")]
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "jitterline.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=environment,
+        check=False,
+    )
+
+
+def _written(done: subprocess.CompletedProcess[str], *files: Path) -> dict[str, str]:
+    texts = {"stdout": done.stdout, "stderr": done.stderr}
+    texts.update({path.name: path.read_text() for path in files if path.exists()})
+    return texts
+
+
+@pytest.mark.parametrize(
+    ("answers", "exit_code"),
+    [([503, 200], 0), ([401], 3)],
+    ids=["503-echo-then-stream", "401-echo-is-fatal"],
+)
+def test_canary_secret_never_leaves_the_process_in_any_form(
+    tmp_path: Path, answers: list[int], exit_code: int
+) -> None:
+    """``jitterline run`` with a canary client secret from the environment, a token
+    endpoint echoing the Authorization header, ``--record``, ``--json`` and debug logs.
+    (``jitterline demo`` uses the emulator's built-in credentials and token endpoint, so
+    it cannot carry a canary: the run command is where a user's secret travels.)"""
+    capture, summary = tmp_path / "run.jsonl", tmp_path / "summary.json"
+    with (
+        Emulator(duration_s=1.0, require_token=False) as emulator,
+        _EchoingTokenEndpoint(answers) as tokens,
+    ):
+        done = _jitterline(
+            [
+                *("run", emulator.ws_url, "--auth-url", tokens.url, "--duration", "8"),
+                *("--record", str(capture), "--json", str(summary), "--log-level", "debug"),
+                *("--quiet", "--max-attempts", "5"),
+            ],
+            env={"JITTERLINE_CLIENT_ID": CLIENT_ID, "JITTERLINE_CLIENT_SECRET": SECRET},
+        )
+        requests = tokens.requests
+
+    assert done.returncode == exit_code, done.stderr
+    assert requests == len(answers)
+    written = _written(done, capture, summary)
+    assert "Basic ***" in written["stderr"]  # the echo came through, masked
+    if exit_code == 0:
+        assert json.loads(written["summary.json"])["frames"]["received"] > 0
+    leaks = [
+        f"{form} in {where}"
+        for where, text in written.items()
+        for form, value in _forms(CLIENT_ID, SECRET).items()
+        if value in text
+    ]
+    assert leaks == []
+
+
+def test_demo_writes_no_form_of_its_own_credentials(tmp_path: Path) -> None:
+    """The demo's emulator credentials stand in for a canary: none of their forms may
+    reach stdout, stderr, the capture or the summary at debug level."""
+    capture, summary = tmp_path / "demo.jsonl", tmp_path / "summary.json"
+
+    done = _jitterline(
+        [
+            *("demo", "--duration", "1", "--profile", "flaky", "--quiet"),
+            *("--record", str(capture), "--json", str(summary), "--log-level", "debug"),
+        ],
+        env={},
+    )
+
+    assert done.returncode == 0, done.stderr
+    written = _written(done, capture, summary)
+    assert {"demo.jsonl", "summary.json"} <= set(written)
+    forms = _forms("jitterline-demo", "demo-secret")
+    del forms["Bearer"]  # the emulator's tokens are random; the capture holds no header
+    leaks = [f"{f} in {w}" for w, text in written.items() for f, v in forms.items() if v in text]
+    assert leaks == []
