@@ -14,6 +14,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reactivex.scheduler import HistoricalScheduler
@@ -157,3 +158,30 @@ def test_a_client_role_pipeline_that_cannot_be_built_fails_with_config_error() -
         _, errors, _, _ = run_pipeline(name, "client", PipelineConfig(), [])
 
         assert [type(error) for error in errors] == [ConfigError], name
+
+
+# -- issue 12, item 9: the buffer bound is checked where the user sets it ------------------
+
+
+def test_item_9_a_max_buffer_over_the_buffers_limit_is_refused_up_front() -> None:
+    with pytest.raises(ConfigError, match=r"max_buffer_ms=15000.0 is outside \[0, 10000\] ms"):
+        PipelineConfig(max_buffer_ms=15_000.0)
+
+
+def test_item_9_the_largest_accepted_buffer_still_counts_every_frame() -> None:
+    """A policy at the 10 s limit: frames are received and accounted, never refused."""
+    config = PipelineConfig(buffer_policy="fixed", buffer_ms=10_000.0, max_buffer_ms=10_000.0)
+    timeline = [
+        (1.0 + seq * 0.02, Message(chunk, arrival_s=1.0 + seq * 0.02))
+        for seq, chunk in enumerate(
+            data for data in TRANSCRIPTS[("appfoundry", "client")] if "audio_chunk" in str(data)
+        )
+    ]
+
+    _, errors, finals, completed = run_pipeline("appfoundry", "client", config, timeline)
+
+    assert errors == [] and completed
+    frames = finals[0][0].frames
+    assert frames.received == len(timeline) > 0
+    assert frames.balanced
+    assert frames.unplayed == frames.received  # 10 s later than the stream's end
