@@ -130,7 +130,7 @@ def _fields(config: PipelineConfig) -> dict[str, Any]:
     return {name: getattr(config, name) for name in config.__dataclass_fields__}
 
 
-@settings(max_examples=examples(0.5))
+@settings(max_examples=examples(2.0))
 @given(case=traffic(), config=configs())
 def test_any_traffic_completes_with_balanced_counts_and_no_escaped_error(
     case: tuple[str, Role, list[tuple[float, Any]]], config: PipelineConfig

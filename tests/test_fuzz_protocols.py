@@ -207,7 +207,7 @@ def _frames_by_channel(events: list[Event]) -> dict[str, list[int]]:
     return seqs
 
 
-@settings(max_examples=examples(0.5))
+@settings(max_examples=examples(1.0))
 @given(
     name=st.sampled_from(DIALECTS),
     actions=ACTIONS,
@@ -362,7 +362,7 @@ def test_transcripts_are_healthy_before_mutation() -> None:
             assert kinds["AudioFrame"] >= 2, (name, role, kinds)
 
 
-@settings(max_examples=examples(1.0))
+@settings(max_examples=examples(2.0))
 @given(case=fuzzed_inputs(), made=st.booleans())
 def test_mutated_transcripts_never_make_receive_or_timer_raise(
     case: tuple[str, Role, list[str | bytes], list[float]], made: bool
