@@ -112,9 +112,9 @@ def drive(buffer: JitterBuffer, ops: list[tuple[object, ...]]) -> Run:
 
 def check_counts(buffer: JitterBuffer, run: Run) -> None:
     counts = buffer.counts()
-    assert counts.received == (
-        counts.played + counts.late + counts.duplicate + counts.overflow + counts.unplayed
-    ), counts
+    # FrameCounts.balanced is the identity with every category the counts know, so a
+    # category the buffer grows later is in it without editing this test.
+    assert counts.balanced, counts
     assert counts.played == sum(not f.concealed for f in run.emitted), counts
     assert counts.concealed == sum(f.concealed for f in run.emitted), counts
     assert counts.lost >= 0
