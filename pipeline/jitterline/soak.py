@@ -143,8 +143,6 @@ CATALOGUE: tuple[Fault, ...] = (
 """Every fault the soak injects, cheapest first: ``--faults N`` below the catalogue's size
 takes its first N, above it the whole catalogue and then random picks."""
 
-_BY_NAME = {fault.name: fault for fault in CATALOGUE}
-
 INBOUND_FAULTS: tuple[str, ...] = (
     "malformed_upgrade",
     "bad_signature",
@@ -590,6 +588,8 @@ class SoakReport:
     messages_in: int
     messages_counted: int
     frames_sent: int
+    peer: dict[str, int]
+    """What the fault peer saw: handshakes, upgrades (101s), token requests."""
     session: dict[str, Any]
     secrets_seen: list[str]
 
@@ -652,6 +652,7 @@ class SoakReport:
                 "delivered_counted_once": self.delivered_counted_once,
                 "frames_sent_by_peer": self.frames_sent,
             },
+            "peer": self.peer,
             "session": self.session,
             "secrets_seen": self.secrets_seen,
         }
@@ -751,6 +752,11 @@ def run_soak(faults: Sequence[Fault], *, seed: int = 0) -> SoakReport:
         folder.cleanup()
     with peer.lock:
         frames_sent = peer.state.frames_sent
+        seen_by_peer = {
+            "handshakes": peer.state.handshakes,
+            "upgrades": peer.state.upgrades,
+            "token_requests": peer.state.token_requests,
+        }
     counts = stats.frames
     return SoakReport(
         seed=seed,
@@ -762,6 +768,7 @@ def run_soak(faults: Sequence[Fault], *, seed: int = 0) -> SoakReport:
         messages_in=diagnostics.messages_in,
         messages_counted=counts.received + counts.malformed,
         frames_sent=frames_sent,
+        peer=seen_by_peer,
         session=asdict(diagnostics),
         secrets_seen=seen,
     )
