@@ -202,6 +202,7 @@ def test_a_corrupt_record_exits_2_naming_file_and_line_3(
         ({"capacity_frames": 0}, "capacity_frames=0"),
         ({"conceal": "loud"}, "conceal='loud'"),
         ({"stats_every_s": -1}, "stats_every_s"),
+        ({"stats_every_s": 1e308}, "stats_every_s=1e+308; it must be at most 1e+09 s"),
     ],
 )
 def test_a_corrupt_header_config_exits_2_naming_line_1(

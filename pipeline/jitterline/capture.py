@@ -287,6 +287,9 @@ def _config_value(path: Path, name: str, value: object, spec: Any) -> object:
         return value
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         raise _bad(path, 1, f"has config {name}={value!r}, not a finite number")
+    if name.endswith("_s") and value > MAX_T_S:
+        # A period this long overflows the scheduler's datetime arithmetic.
+        raise _bad(path, 1, f"has config {name}={value!r}; it must be at most {MAX_T_S:g} s")
     return float(value)
 
 
