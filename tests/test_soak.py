@@ -1,7 +1,8 @@
 """The fault soak's CI profile (docs/reliability.md): ``python -m jitterline.soak`` with the
 catalogue's first 15 faults, run as a user runs it, must complete and report; what must
 hold today is asserted (no leaked descriptor or thread, the pipeline's counts balance,
-every delivered message counted once, no credential in the capture or the logs, every
+every delivered message counted once, every accepted outbound message delivered or
+counted dropped, no credential in the capture or the logs, every
 stream and handshake fault recovered). Faults whose handling the transport does not have
 yet are reported as failed by the soak, with the reason, and listed here by name."""
 
@@ -70,6 +71,10 @@ def test_the_ci_soak_completes_reports_and_leaks_nothing(tmp_path: Path) -> None
     assert report["session"]["stalled"] >= 1  # the trickled frame
     assert report["session"]["reconnects"] >= CI_FAULTS - 2
     assert report["secrets_seen"] == []
+    outbound = report["outbound"]
+    assert outbound["accepted"] > 0
+    assert outbound["delivered"] > 0
+    assert outbound["accounted"], outbound  # item 3: never silently lost
 
 
 def test_faults_beyond_the_catalogue_are_seeded_picks_after_all_of_it() -> None:

@@ -90,6 +90,12 @@ MAX_MESSAGE_BYTES = 1 << 20
 RETRY_AFTER_S = 1
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 _POLL_S = 0.01
+_OUTBOUND_PREFIX = "soak-outbound-"
+OUTBOUND_EVERY_S = 0.125
+"""The session also sends: a numbered text message this often (under the session's
+default send rate of 10 per second, so only faults make it drop any), so that the soak can
+check the outbound promise across every fault (each accepted message reaches the peer at
+least once, or is counted in ``outbound_dropped``; never silently lost)."""
 _SETTLE_S = 3.0
 
 
@@ -191,6 +197,8 @@ class _PeerState:
     tokens: list[str] = field(default_factory=list)
     frames_sent: int = 0
     open_connections: int = 0
+    outbound_seen: set[int] = field(default_factory=set)
+    outbound_copies: int = 0
 
 
 class FaultPeer:
@@ -289,6 +297,15 @@ class FaultPeer:
                 self._tasks.discard(task)
 
         return connection
+
+    def note_outbound(self, payload: bytes) -> None:
+        """A text message from the client: the soak's numbered ones are tallied."""
+        text = payload.decode("utf-8", "replace")
+        if not text.startswith(_OUTBOUND_PREFIX):
+            return
+        with self.lock:
+            self.state.outbound_seen.add(int(text.removeprefix(_OUTBOUND_PREFIX)))
+            self.state.outbound_copies += 1
 
     def handshake_fault_armed(self) -> bool:
         with self.lock:
@@ -485,6 +502,8 @@ class _Stream:
                 opcode, payload = await _read_frame(self.reader)
                 if opcode == 0x9 and self.answer_pings:
                     self.writer.write(_frame(0xA, payload))
+                elif opcode == 0x1:
+                    self.peer.note_outbound(payload)
                 elif opcode == 0x8:
                     with contextlib.suppress(OSError):
                         self.writer.write(_frame(0x8, payload[:2]))
@@ -589,6 +608,7 @@ class SoakReport:
     messages_counted: int
     frames_sent: int
     peer: dict[str, int]
+    outbound: dict[str, int]
     """What the fault peer saw: handshakes, upgrades (101s), token requests."""
     session: dict[str, Any]
     secrets_seen: list[str]
@@ -617,9 +637,15 @@ class SoakReport:
         return self.messages_in == self.messages_counted
 
     @property
+    def outbound_accounted(self) -> bool:
+        """Every accepted message arrived or was counted dropped (issue 12, item 3)."""
+        return self.outbound["missing"] <= self.outbound["dropped"]
+
+    @property
     def ok(self) -> bool:
         return (
-            self.recovered == len(self.results)
+            self.outbound_accounted
+            and self.recovered == len(self.results)
             and self.leaked_descriptors <= 0
             and not self.new_threads
             and self.balanced
@@ -653,6 +679,7 @@ class SoakReport:
                 "frames_sent_by_peer": self.frames_sent,
             },
             "peer": self.peer,
+            "outbound": {**self.outbound, "accounted": self.outbound_accounted},
             "session": self.session,
             "secrets_seen": self.secrets_seen,
         }
@@ -680,6 +707,12 @@ class SoakReport:
         lines.append(
             f"  delivered {self.messages_in} messages, counted {self.messages_counted}"
             + ("" if self.delivered_counted_once else "  MISMATCH")
+        )
+        out = self.outbound
+        lines.append(
+            f"  outbound {'accounted' if self.outbound_accounted else 'NOT accounted'}: "
+            f"{out['accepted']} accepted, {out['delivered']} delivered ({out['copies']} copies), "
+            f"{out['missing']} missing, {out['dropped']} counted dropped"
         )
         lines.append(
             "  secrets: none seen"
@@ -739,7 +772,9 @@ def run_soak(faults: Sequence[Fault], *, seed: int = 0) -> SoakReport:
     try:
         before = Resources.now()
         capture = Path(folder.name) / "soak.jsonl"
-        results, stats, diagnostics = _soak_session(peer, faults, client_id, secret, capture)
+        results, stats, diagnostics, accepted = _soak_session(
+            peer, faults, client_id, secret, capture
+        )
         results += [
             _own(peer, fault, client_id, secret) for fault in faults if fault.phase == "own"
         ]
@@ -757,6 +792,16 @@ def run_soak(faults: Sequence[Fault], *, seed: int = 0) -> SoakReport:
             "upgrades": peer.state.upgrades,
             "token_requests": peer.state.token_requests,
         }
+        delivered = peer.state.outbound_seen & accepted
+        copies = peer.state.outbound_copies
+    outbound = {
+        "accepted": len(accepted),
+        "delivered": len(delivered),
+        "copies": copies,
+        "missing": len(accepted) - len(delivered),
+        "dropped": diagnostics.outbound_dropped,
+        "resent": diagnostics.outbound_resent,
+    }
     counts = stats.frames
     return SoakReport(
         seed=seed,
@@ -769,14 +814,41 @@ def run_soak(faults: Sequence[Fault], *, seed: int = 0) -> SoakReport:
         messages_counted=counts.received + counts.malformed,
         frames_sent=frames_sent,
         peer=seen_by_peer,
+        outbound=outbound,
         session=asdict(diagnostics),
         secrets_seen=seen,
     )
 
 
+class _Sender:
+    """Sends a numbered text message every ``OUTBOUND_EVERY_S`` from its own thread (as an
+    application would) and remembers which ones the session accepted."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="jitterline-soak-sender")
+        self.accepted: set[int] = set()
+
+    def __enter__(self) -> _Sender:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5.0)
+
+    def _run(self) -> None:
+        number = 0
+        while not self._stop.wait(OUTBOUND_EVERY_S):
+            number += 1
+            if self._session.send(f"{_OUTBOUND_PREFIX}{number}"):
+                self.accepted.add(number)
+
+
 def _soak_session(
     peer: FaultPeer, faults: Sequence[Fault], client_id: str, secret: str, capture: Path
-) -> tuple[list[FaultResult], Any, Any]:
+) -> tuple[list[FaultResult], Any, Any, set[int]]:
     config = PipelineConfig(buffer_policy="fixed", buffer_ms=60.0)
     runtime = Runtime(PluginHost(load_entrypoints=False))
     tokens = TokenProvider(peer.auth_url, client_id, secret)
@@ -799,14 +871,16 @@ def _soak_session(
         max_message_bytes=MAX_MESSAGE_BYTES,
     )
     results: list[FaultResult] = []
+    sender = _Sender(session)
     try:
         session.start()
         started = _recovered(peer, session, watch, since_s=0.0, budget_s=10.0)
         if not started:
             raise JitterlineError(f"the soak session never streamed: {session.outcome}")
-        for fault in faults:
-            if fault.phase != "own":
-                results.append(_inject(peer, session, watch, fault))
+        with sender:
+            for fault in faults:
+                if fault.phase != "own":
+                    results.append(_inject(peer, session, watch, fault))
     finally:
         session.close(5.0)
         end_s = runtime.clock.freeze()
@@ -820,7 +894,7 @@ def _soak_session(
 
         finished = runtime.call(finish)
         tokens.close()
-    return results, finished.primary[0], diagnostics
+    return results, finished.primary[0], diagnostics, sender.accepted
 
 
 def _inject(peer: FaultPeer, session: Session, watch: _Watch, fault: Fault) -> FaultResult:
