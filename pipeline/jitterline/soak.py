@@ -91,9 +91,10 @@ RETRY_AFTER_S = 1
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 _POLL_S = 0.01
 _OUTBOUND_PREFIX = "soak-outbound-"
-OUTBOUND_EVERY_S = 0.125
-"""The session also sends: a numbered text message this often (under the session's
-default send rate of 10 per second, so only faults make it drop any), so that the soak can
+OUTBOUND_EVERY_S = 0.25
+"""The session also sends: a numbered text message this often (well under the session's
+default send rate of 10 per second, so its queue drains after each outage), so that the
+soak can
 check the outbound promise across every fault (each accepted message reaches the peer at
 least once, or is counted in ``outbound_dropped``; never silently lost)."""
 _SETTLE_S = 3.0
