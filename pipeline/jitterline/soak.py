@@ -94,9 +94,8 @@ _OUTBOUND_PREFIX = "soak-outbound-"
 OUTBOUND_EVERY_S = 0.25
 """The session also sends: a numbered text message this often (well under the session's
 default send rate of 10 per second, so its queue drains after each outage), so that the
-soak can
-check the outbound promise across every fault (each accepted message reaches the peer at
-least once, or is counted in ``outbound_dropped``; never silently lost)."""
+soak can check the outbound promise across every fault (each accepted message reaches the
+peer at least once, or is counted in ``outbound_dropped``; never silently lost)."""
 _SETTLE_S = 3.0
 
 
