@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from .capture import CaptureHeader, CaptureWriter
 from .config import PipelineConfig
@@ -106,7 +106,7 @@ class Fault:
     session of its own), ``budget_s`` how long recovery may take."""
 
     name: str
-    phase: str
+    phase: Literal["handshake", "stream", "own"]
     budget_s: float
     description: str
 
@@ -148,6 +148,8 @@ CATALOGUE: tuple[Fault, ...] = (
 )
 """Every fault the soak injects, cheapest first: ``--faults N`` below the catalogue's size
 takes its first N, above it the whole catalogue and then random picks."""
+
+_DESCRIPTIONS = {fault.name: fault.description for fault in CATALOGUE}
 
 INBOUND_FAULTS: tuple[str, ...] = (
     "malformed_upgrade",
@@ -661,6 +663,7 @@ class SoakReport:
             "total": len(self.results),
             "failed": [asdict(r) for r in self.results if not r.recovered],
             "results": [asdict(r) for r in self.results],
+            "catalogue": {fault.name: fault.description for fault in CATALOGUE},
             "leaks": {
                 "descriptors_before": self.before.descriptors,
                 "descriptors_after": self.after.descriptors,
@@ -687,7 +690,7 @@ class SoakReport:
     def render(self) -> str:
         lines = [f"soak (seed {self.seed}): {self.recovered}/{len(self.results)} faults recovered"]
         lines += [
-            f"  FAILED {r.fault} after {r.seconds:.2f} s: {r.detail}"
+            f"  FAILED {r.fault} ({_DESCRIPTIONS[r.fault]}) after {r.seconds:.2f} s: {r.detail}"
             for r in self.results
             if not r.recovered
         ]
