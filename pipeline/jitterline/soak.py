@@ -663,7 +663,7 @@ class SoakReport:
             "total": len(self.results),
             "failed": [asdict(r) for r in self.results if not r.recovered],
             "results": [asdict(r) for r in self.results],
-            "catalogue": {fault.name: fault.description for fault in CATALOGUE},
+            "catalogue": dict(_DESCRIPTIONS),
             "leaks": {
                 "descriptors_before": self.before.descriptors,
                 "descriptors_after": self.after.descriptors,
