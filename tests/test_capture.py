@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from fuzz_testkit import only_this_checkouts_plugins
 from jitterline import ConfigError, ConnectionEvent, Message, PipelineConfig, PluginHost
 from jitterline.capture import CaptureEnd, CaptureHeader, CaptureWriter, read_capture
 from jitterline.frames import ConnectionStats
@@ -148,6 +149,12 @@ GOOD_HEADER = json.dumps(
 GOOD_MESSAGE = json.dumps({"t": 0.5, "kind": "text", "data": "x"})
 
 
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in only_this_checkouts_plugins().items():
+        monkeypatch.setenv(name, value)
+
+
 def replay_exit(tmp_path: Path, lines: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     """Run ``jitterline replay`` on ``lines``; assert exit 2 and return its stderr."""
     from jitterline.cli import EXIT_USAGE, main
@@ -182,7 +189,7 @@ def replay_exit(tmp_path: Path, lines: list[str], capsys: pytest.CaptureFixture[
     ],
 )
 def test_a_corrupt_record_exits_2_naming_file_and_line_3(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str, why: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], cli: None, line: str, why: str
 ) -> None:
     err = replay_exit(tmp_path, [GOOD_HEADER, GOOD_MESSAGE, line], capsys)
 
@@ -206,7 +213,11 @@ def test_a_corrupt_record_exits_2_naming_file_and_line_3(
     ],
 )
 def test_a_corrupt_header_config_exits_2_naming_line_1(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], config: dict[str, object], why: str
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    cli: None,
+    config: dict[str, object],
+    why: str,
 ) -> None:
     header = json.dumps({"jitterline_capture": 1, "dialect": "appfoundry", "config": config})
 
@@ -274,3 +285,17 @@ def test_the_writer_masks_credentials_in_text_reasons_and_source_but_not_audio(
     assert audio.data == b"Bearer abc.DEF9"  # binary is audio: kept byte for byte
     assert isinstance(event, ConnectionEvent)
     assert event.reason == "answered 503 (Basic ***)"
+
+
+def test_records_never_iterated_leave_no_file_open(tmp_path: Path) -> None:
+    """Found by the replay fuzzer: a replay whose pipeline refused the header's config
+    never iterated the records, and the file stayed open (a ResourceWarning, an error
+    under this suite's warning filters)."""
+    import gc
+
+    path = tmp_path / "c.jsonl"
+    write(path, [Message("a", arrival_s=0.1)], end_s=1.0)
+
+    _, records = read_capture(path)
+    del records
+    gc.collect()  # would raise through the suite's ResourceWarning filter if it leaked

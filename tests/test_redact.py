@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fuzz_testkit import only_this_checkouts_plugins
 from jitterline.emulator import Emulator
 from jitterline.errors import AuthError, JitterlineError
 from jitterline.redact import (
@@ -248,7 +249,7 @@ def _forms(client_id: str, secret: str) -> dict[str, str]:
 def _jitterline(
     args: list[str], *, env: dict[str, str], timeout_s: float = 60.0
 ) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, **env}
+    environment = {**os.environ, **only_this_checkouts_plugins(), **env}
     environment["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT / "pipeline"), str(ROOT / "plugins"), os.environ.get("PYTHONPATH", "")]
     )

@@ -161,24 +161,27 @@ def read_capture(path: Path) -> tuple[CaptureHeader, Iterator[CaptureRecord]]:
     """The header, and the records one at a time (a long capture is never all in memory).
 
     Raises ``ConfigError`` naming the file and line for anything that is not a capture.
+    The records' iterator opens the file again when it starts, so a caller that never
+    iterates (its pipeline refused the header's config) leaves no file open.
     """
+    with _open(path) as handle:
+        header = _header(path, _load(path, 1, _line(path, 1, handle)))
+    return header, _records(path)
+
+
+def _open(path: Path) -> IO[str]:
     try:
-        handle = path.open(encoding="utf-8")
+        return path.open(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(
             f"cannot read capture {str(path)!r} ({exc.strerror}); give a file written by --record"
         ) from exc
-    try:
-        header = _header(path, _load(path, 1, _line(path, 1, handle)))
-    except ConfigError:
-        handle.close()
-        raise
-    return header, _records(path, handle)
 
 
-def _records(path: Path, handle: IO[str]) -> Iterator[CaptureRecord]:
+def _records(path: Path) -> Iterator[CaptureRecord]:
     last: tuple[int, float] | None = None  # the previous message's line and t
-    with handle:
+    with _open(path) as handle:
+        _line(path, 1, handle)  # the header, checked by read_capture
         for number in itertools.count(2):
             text = _line(path, number, handle)
             if not text:
