@@ -13,10 +13,14 @@
         ├── TLSError         the peer's certificate was refused; retrying will not help
         └── ConnectionLost   the link dropped (and reconnects were exhausted or disabled)
 
-Messages name the value, the limit and the next step, and never a secret.
+Messages name the value, the limit and the next step, and never a secret: ``str()`` of
+any of them goes through ``redact.redact``, so a credential quoted by a peer (a token
+endpoint echoing the Authorization header) is masked wherever the error is shown.
 """
 
 from __future__ import annotations
+
+from .redact import redact
 
 __all__ = [
     "AuthError",
@@ -34,6 +38,9 @@ __all__ = [
 
 class JitterlineError(Exception):
     """Root of every error jitterline raises on purpose."""
+
+    def __str__(self) -> str:
+        return redact(super().__str__())
 
 
 class ConfigError(JitterlineError, ValueError):
