@@ -398,6 +398,9 @@ def _tokens(args: argparse.Namespace) -> TokenProvider | None:
     where = "--auth-url" if args.auth_url else "--region" if args.region else AUTH_URL_ENV
     if "://" in auth:
         _check_url_shape(where, auth, ("https", "http"), "https://login.mypurecloud.com")
+    from .redact import register_credentials
+
+    register_credentials(client_id, secret)  # masked wherever text leaves the process
     try:
         return TokenProvider(auth, client_id, secret)
     except ConfigError as exc:
@@ -522,6 +525,9 @@ def _in_flags(text: str) -> str:
 
 
 def _write_summary(args: argparse.Namespace, text: str) -> None:
+    from .redact import redact
+
+    text = redact(text)
     if args.json is None or args.json == "-":
         print(text, flush=True)
         return
@@ -1079,6 +1085,9 @@ def _setup_logging(args: argparse.Namespace) -> None:
     if level in {"warning", "error"}:
         handler.addFilter(_not_spoken_for)
     root.addHandler(handler)
+    from .redact import install_log_redaction
+
+    install_log_redaction([handler])
     root.setLevel(logging.WARNING)
     for name in ("jitterline", "jitterline_plugins"):
         logging.getLogger(name).setLevel(level.upper())
