@@ -164,9 +164,9 @@ def test_item_8_an_arrival_from_the_past_does_not_move_playout_back() -> None:
 
 
 def test_item_8_a_reanchor_on_an_arrival_from_the_past_does_not_move_playout_back() -> None:
-    """Found by the fuzzer (long profile): the buffer goes idle at 1.0 s after playing seq 0
-    at 0.0 s and concealing seq 1 at 0.02 s; seq 2 then arrives stamped 0.0 s (an edited
-    capture) and re-anchors the clock there, so it would play at 0.0 s, before seq 1."""
+    """Found by the fuzzer (long profile): the buffer goes idle after playing seq 0 at
+    0.0 s; seq 2 then arrives stamped 0.0 s (an edited capture) and re-anchored the clock
+    there, so it played at 0.0 s, back in time."""
     buffer = JitterBuffer(target_delay_ms=0.0, capacity_frames=1, max_gap_frames=1)
     out = buffer.push(frame(0, 0.0))
     out += buffer.push(frame(0, 1.0))  # a duplicate, late enough to run the clock to idle
@@ -175,7 +175,9 @@ def test_item_8_a_reanchor_on_an_arrival_from_the_past_does_not_move_playout_bac
     out += buffer.close(2.0)
 
     playouts = [f.playout_s for f in out]
-    assert [f.seq for f in out][:3] == [0, 1, 2]
+    seqs = [f.seq for f in out]
+    assert seqs[0] == 0 and 2 in seqs  # seq 1 is lost (nothing is synthesised into idle)
+    assert seqs == sorted(seqs)
     assert playouts == sorted(playouts), playouts  # type: ignore[type-var]
 
 

@@ -654,11 +654,18 @@ class JitterBuffer:
         if lost_from is not None and frame.seq > lost_from:
             self._tally.lost += frame.seq - lost_from
             self._lost_memory.add_range(lost_from, frame.seq)
+        anchor_s = frame.arrival_s
+        last = self._last_out
+        if last is not None and last.playout_s is not None:
+            # Playout never runs backward: a frame stamped before the last slot ended (an
+            # edited or merged capture) anchors the new clock just after that slot.
+            after_s = last.playout_s + (last.duration_ms - self._target_ms) / 1000.0
+            anchor_s = max(anchor_s, after_s)
         if self._idle_since_s is not None:
-            first_slot_s = frame.arrival_s + self._target_ms / 1000.0
+            first_slot_s = anchor_s + self._target_ms / 1000.0
             self._idle_s += max(0.0, first_slot_s - self._idle_since_s)
             self._idle_since_s = None
-        self._anchor_s = frame.arrival_s
+        self._anchor_s = anchor_s
         self._current_ms = self._target_ms
         self._offset_ms = self._target_ms
         self._behind_ms = 0.0
