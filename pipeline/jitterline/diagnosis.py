@@ -24,7 +24,8 @@ found" must not pass for "nothing looked at".
    verdict wins, its summary still gives the late rate if it reached the limit.
 8. ``client_buffering``: the buffer target >= max(``buffer_ratio`` (2) x needed,
    needed + ``buffer_headroom_ms`` (100 ms)), where needed = relative delay p95 (0 when
-   unmeasured) + one frame (``frame_ms``, 20 ms): the buffer holds far more than the
+   unmeasured) + one frame (the median inter-arrival time, at least ``frame_ms``, 20 ms:
+   AudioHook's frames last 200 ms): the buffer holds far more than the
    network's delay asks for.
 9. ``healthy``.
 
@@ -154,7 +155,9 @@ def _evidence(stats: Stats, limits: Thresholds) -> dict[str, float]:
         "rtt_ms": rtt_ms,
         "server_ms": _server_ms(latency, rtt_ms),
         "buffer_target_ms": stats.buffer.target_ms,
-        "needed_ms": (latency.delay_p95_ms or 0.0) + limits.frame_ms,
+        # One frame: the stream's own cadence (AudioHook sends 200 ms), at least frame_ms.
+        "needed_ms": (latency.delay_p95_ms or 0.0)
+        + max(limits.frame_ms, latency.interarrival_p50_ms or 0.0),
     }
     return {name: value for name, value in measured.items() if value is not None}
 
