@@ -99,10 +99,12 @@ class CaptureHeader:
 
 @dataclass(frozen=True, slots=True)
 class CaptureEnd:
-    """The recording stopped at ``at_s``; ``connection`` is the session's final tally."""
+    """The recording stopped at ``at_s``; ``connection`` is the session's final tally;
+    ``ended``: the peer ended the stream (drained), rather than it being cut."""
 
     at_s: float
     connection: ConnectionStats
+    ended: bool = False
 
 
 CaptureRecord = Message | ConnectionEvent | CaptureEnd
@@ -139,9 +141,11 @@ class CaptureWriter:
         line["reason"] = redact(event.reason)
         self._write(line)
 
-    def end(self, at_s: float, connection: ConnectionStats) -> None:
+    def end(self, at_s: float, connection: ConnectionStats, *, ended: bool = False) -> None:
+        """The last line; ``ended``: the peer ended the stream (a 1000 close), so a
+        replay drains the buffer as the live run did, instead of cutting it."""
         counters = {name: getattr(connection, name) for name in _CONNECTION_FIELDS}
-        self._write({"t": at_s, "kind": "end", "connection": counters})
+        self._write({"t": at_s, "kind": "end", "connection": counters, "ended": ended})
 
     def close(self) -> None:
         with self._lock:
@@ -312,7 +316,10 @@ def _record(path: Path, number: int, line: dict[str, Any]) -> CaptureRecord:
         for name in _CONNECTION_FIELDS:
             if known.get(name) is not None:
                 options[name] = _field(path, number, f"connection.{name}", known[name], name)
-        return CaptureEnd(at_s=t, connection=ConnectionStats(**options))
+        ended = line.get("ended", False)
+        if not isinstance(ended, bool):
+            raise _bad(path, number, f"has ended {ended!r}, not true or false")
+        return CaptureEnd(at_s=t, connection=ConnectionStats(**options), ended=ended)
     raise _bad(path, number, f"has kind {kind!r}, not text, binary, event or end")
 
 

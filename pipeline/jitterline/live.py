@@ -31,7 +31,7 @@ from .capture import CaptureEnd, CaptureHeader, CaptureRecord, CaptureWriter, re
 from .config import PipelineConfig
 from .diagnosis import Diagnosis
 from .errors import ConfigError, JitterlineError
-from .frames import AudioFrame, ConnectionEvent, ConnectionStats, Message, Stats
+from .frames import AudioFrame, ConnectionEvent, ConnectionStats, Message, Stats, StreamClosed
 from .plugins import PluginHost
 from .runtime import Connection, RunClock, Runtime
 from .stages import build_pipeline, scheduler_clock
@@ -95,7 +95,11 @@ def run_live(
     clock = runtime.clock
     session_id = str(uuid.uuid4())
     writer = _writer(record, config, source)
-    proto = host.dialects.get(config.dialect)(role="client", session_id=session_id)
+    factory = host.dialects.get(config.dialect)
+    try:
+        proto = factory(role="client", session_id=session_id)
+    except TypeError:  # a dialect with no session id of its own to give
+        proto = factory(role="client")
 
     def on_item(item: AudioFrame | Stats) -> None:
         if status is not None and isinstance(item, Stats):
@@ -115,15 +119,20 @@ def run_live(
         backoff=options.backoff,
         session_id=session_id,
     )
-    interrupted = False
+    interrupted = ended = False
     try:
         if status is not None:
             status.start()
         session.start()
-        interrupted = _wait(session, clock, options.duration_s)
+        interrupted, ended = _wait(session, clock, options.duration_s)
     finally:
         session.close(_CLOSE_TIMEOUT_S)
-        result = runtime.call(lambda: _finish(connection, session, writer, clock, interrupted))
+        ended = ended and session.outcome is None  # the peer's clean end, not a failure
+        result = runtime.call(
+            lambda: _finish(
+                connection, session, writer, clock, interrupted=interrupted, ended=ended
+            )
+        )
         if status is not None:
             status.stop()
         if options.tokens is not None:
@@ -136,16 +145,19 @@ def _finish(
     session: Session,
     writer: CaptureWriter | None,
     clock: RunClock,
+    *,
     interrupted: bool,
+    ended: bool,
 ) -> RunResult:
-    """See the module docstring: clock frozen, capture ended, pipeline completed."""
+    """See the module docstring: clock frozen, capture ended, pipeline completed (drained
+    when the peer ended the stream, cut otherwise)."""
     end_s = clock.freeze()
     diagnostics = session.diagnostics()
     stats = diagnostics.connection_stats()
     if writer is not None:
-        writer.end(end_s, stats)
+        writer.end(end_s, stats, ended=ended)
         writer.close()
-    finished = connection.finish(stats)
+    finished = connection.finish(stats, ended=ended)
     final, diagnosis = finished.primary
     return RunResult(
         stats=final,
@@ -173,8 +185,9 @@ def _writer(
     return CaptureWriter(record, header)
 
 
-def _wait(session: Session, clock: RunClock, duration_s: float | None) -> bool:
-    """Until the session ends or the duration is over; True if Ctrl-C cut it short.
+def _wait(session: Session, clock: RunClock, duration_s: float | None) -> tuple[bool, bool]:
+    """Until the session ends or the duration is over: (Ctrl-C cut it short, the session
+    ended by itself).
 
     Waits in slices so that SIGINT (a KeyboardInterrupt in this, the main thread) is
     seen promptly.
@@ -182,11 +195,11 @@ def _wait(session: Session, clock: RunClock, duration_s: float | None) -> bool:
     try:
         while not session.wait(_WAIT_SLICE_S):
             if duration_s is not None and clock() >= duration_s:
-                return False
+                return False, False
     except KeyboardInterrupt:
         log.info("interrupted; shutting down cleanly")
-        return True
-    return False
+        return True, False
+    return False, True
 
 
 # -- replay ---------------------------------------------------------------------------------
@@ -206,7 +219,7 @@ def replay(
     header, records = read_capture(path)
     config = replace(header.config, **(overrides or {}))
     scheduler = HistoricalScheduler(EPOCH)
-    subject: Subject[Message | ConnectionEvent | ConnectionStats] = Subject()
+    subject: Subject[Message | ConnectionEvent | ConnectionStats | StreamClosed] = Subject()
     pipeline = build_pipeline(
         subject,
         scheduler=scheduler,
@@ -243,7 +256,7 @@ class _Feeder:
     def __init__(
         self,
         records: Iterator[CaptureRecord],
-        subject: Subject[Message | ConnectionEvent | ConnectionStats],
+        subject: Subject[Message | ConnectionEvent | ConnectionStats | StreamClosed],
         scheduler: HistoricalScheduler,
     ) -> None:
         self._records = records
@@ -280,6 +293,8 @@ class _Feeder:
     def _end_action(self, end: CaptureEnd | None) -> Any:
         def action(_: abc.SchedulerBase, __: Any = None) -> None:
             self._subject.on_next(end.connection if end is not None else ConnectionStats())
+            if end is not None and end.ended:  # the peer ended it: drain, as live
+                self._subject.on_next(StreamClosed("", end.at_s, "ended"))
             self._subject.on_completed()
             self._scheduler.stop()
 

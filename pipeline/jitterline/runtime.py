@@ -45,6 +45,7 @@ from .frames import (
     ConnectionStats,
     Message,
     Stats,
+    StreamClosed,
     StreamInfo,
     StreamOpened,
 )
@@ -301,13 +302,20 @@ class Connection:
             self._close()
         self._schedule_timer()
 
-    def finish(self, connection: ConnectionStats | None = None) -> Finished:
-        """The stream is over (cut or ended): complete the pipeline; the final snapshot
-        of each channel comes out now, with ``connection`` as the transport's last word."""
+    def finish(
+        self, connection: ConnectionStats | None = None, *, ended: bool = False
+    ) -> Finished:
+        """The stream is over: complete the pipeline; the final snapshot of each channel
+        comes out now, with ``connection`` as the transport's last word. ``ended``: the
+        peer ended it outside the protocol's messages (appfoundry's 1000 close), so the
+        buffer drains what it holds; otherwise it was cut and that counts unplayed."""
         if self.finished is None:
             self._timer.disposable = Disposable()
             if connection is not None:
                 self._subject.on_next(connection)
+            if ended:
+                at_s = self.runtime.clock()
+                self._subject.on_next(StreamClosed(self.info.stream_id, at_s, "ended"))
             self._subject.on_completed()
         assert self.finished is not None, "the pipeline did not complete"
         return self.finished
