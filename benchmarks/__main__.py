@@ -13,7 +13,7 @@ import json
 import sys
 from collections.abc import Callable
 
-BENCHMARKS = ("jitter",)
+BENCHMARKS = ("pipeline", "sessions", "jitter", "codecs")
 
 
 def _load(name: str) -> Callable[[bool], dict[str, float]]:
