@@ -133,7 +133,8 @@ Idle time
     pause (from the slot where the buffer ran dry to the next frame), and the tail after
     the last frame up to ``end``/``close``.
 
-Accounting (DESIGN.md invariant 1) holds at every instant, not only at the end::
+Accounting (each frame received is counted exactly once) holds at every instant, not only
+at the end::
 
     received == played + late + duplicate + overflow + unplayed + discarded
 
