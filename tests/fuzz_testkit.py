@@ -4,36 +4,17 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import typing
 from pathlib import Path
 
 from hypothesis import settings
 
-from jitterline.frames import (
-    AudioFrame,
-    Malformed,
-    Pong,
-    StreamClosed,
-    StreamError,
-    StreamOpened,
-    StreamPaused,
-    StreamResumed,
-    StreamSignal,
-)
+from jitterline.frames import Event
 from jitterline.plugins import DISABLE_ENV, ENTRY_POINT_GROUP
 
 __all__ = ["DOCUMENTED_EVENTS", "examples", "only_this_checkouts_plugins"]
 
-DOCUMENTED_EVENTS = (
-    AudioFrame,
-    StreamOpened,
-    StreamPaused,
-    StreamResumed,
-    StreamSignal,
-    StreamError,
-    StreamClosed,
-    Pong,
-    Malformed,
-)
+DOCUMENTED_EVENTS = typing.get_args(Event)
 """``frames.Event``: the only types a protocol object's ``receive`` and ``timer`` return."""
 
 
