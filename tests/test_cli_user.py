@@ -584,3 +584,11 @@ def test_readme_shows_the_demo_as_a_terminal_shows_it() -> None:
     assert lines[len(labels)].startswith("diagnosis: healthy: ")
     assert lines[len(labels) + 2] == "{"
     assert not any("warning" in line for line in lines)
+
+
+def test_run_refuses_a_dialect_whose_platform_dials_us(capsys: pytest.CaptureFixture[str]) -> None:
+    from jitterline.cli import main
+
+    assert main(["run", "ws://127.0.0.1:9/x", "--dialect", "twilio", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "jitterline serve --dialect twilio" in err

@@ -81,6 +81,9 @@ DISABLE_ENV = "JITTERLINE_DISABLE_PLUGINS"  # the plugin host's; repeated to kee
 
 DEFAULT_MAX_ATTEMPTS = 10
 
+INBOUND_ONLY = frozenset({"audiohook", "audioconnector", "twilio"})
+"""Dialects whose platforms dial us: ``run`` (which dials out) refuses them."""
+
 DEMO_GRACE_S = 5.0
 """How long ``demo`` waits past ``--duration`` for the emulator to end the stream itself
 (the slow-server profile sends its last frame late, flaky ones reconnect)."""
@@ -265,6 +268,12 @@ def _run(args: argparse.Namespace, host: PluginHost) -> int:
     from .transport import BackoffPolicy, redact_url
 
     _check_stream_url(args.url, args.allow_insecure)
+    if args.dialect in INBOUND_ONLY:
+        raise ConfigError(
+            f"--dialect {args.dialect}: those platforms connect to us, nobody dials them; "
+            f"receive them with 'jitterline serve --dialect {args.dialect}', or play one "
+            f"toward a server with 'jitterline load URL --dialect {args.dialect}'"
+        )
     config = _config(args, dialect=args.dialect)
     _configure_plugins(args, host)
     initial_s, max_s = RUN_BACKOFF_S
