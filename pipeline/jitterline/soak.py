@@ -23,9 +23,10 @@ Time is compressed where the session lets it: backoff of 10-50 ms, pings every 0
 20 ms frame every 20 ms), and an unanswered handshake costs the transport's fixed connect
 timeout (``transport.IO_TIMEOUT_S``), so it comes last in the catalogue.
 
-Inbound server faults (malformed upgrades, bad signatures, slowloris clients, floods past
-``--max-sessions``) need ``jitterline serve``, which does not exist yet: ``INBOUND_FAULTS``
-names them and ``inbound_soak`` is the hook a server soak plugs into.
+This soak drives the dial-out side. The inbound server's faults (malformed upgrades, bad
+signatures, slowloris clients, floods past ``--max-sessions``, protocol violations beside
+ten good sessions) are tested one by one in ``tests/test_serve_*.py``; a soak of their
+mix is not built yet.
 """
 
 from __future__ import annotations
@@ -63,12 +64,10 @@ from .transport import BackoffPolicy, IOLoop, Session, TokenProvider
 
 __all__ = [
     "CATALOGUE",
-    "INBOUND_FAULTS",
     "Fault",
     "FaultPeer",
     "FaultResult",
     "SoakReport",
-    "inbound_soak",
     "main",
     "pick_faults",
     "run_soak",
@@ -150,24 +149,6 @@ CATALOGUE: tuple[Fault, ...] = (
 takes its first N, above it the whole catalogue and then random picks."""
 
 _DESCRIPTIONS = {fault.name: fault.description for fault in CATALOGUE}
-
-INBOUND_FAULTS: tuple[str, ...] = (
-    "malformed_upgrade",
-    "bad_signature",
-    "slowloris_upgrade",
-    "session_flood_past_max_sessions",
-)
-"""What an inbound (``jitterline serve``) soak must inject, with good sessions running
-beside them that must be unaffected; see ``inbound_soak``."""
-
-
-def inbound_soak(server_url: str, faults: Sequence[str] = INBOUND_FAULTS) -> list[FaultResult]:
-    """The hook for the inbound server's soak: run ``faults`` against a ``jitterline
-    serve`` at ``server_url``. The server does not exist yet, so this refuses to pretend."""
-    raise ConfigError(
-        f"no inbound server to soak at {server_url!r}: `jitterline serve` is not built yet; "
-        f"its soak must inject {', '.join(faults)} with good sessions beside them"
-    )
 
 
 def pick_faults(count: int, seed: int) -> list[Fault]:
