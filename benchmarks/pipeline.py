@@ -23,13 +23,14 @@ import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from reactivex.scheduler import HistoricalScheduler
+from reactivex.scheduler import HistoricalScheduler, VirtualTimeScheduler
 from reactivex.subject import Subject
 
 from jitterline import AudioFrame, Message, PipelineConfig, PluginHost, build_pipeline
 from jitterline.codecs import encode
 from jitterline.latency import LatencyWindow
 from jitterline.protocols.appfoundry import AppFoundryDialect, audio_chunk_message
+from jitterline.schedulers import VirtualScheduler
 
 FRAME_S = 0.02
 
@@ -72,19 +73,18 @@ def processor(batch: list[Message], host: PluginHost) -> None:
                 host.codecs.get(event.codec).decode(event.payload)
 
 
-def whole_chain(batch: list[Message], host: PluginHost) -> None:
-    scheduler = HistoricalScheduler()
+def whole_chain(
+    batch: list[Message],
+    host: PluginHost,
+    make_scheduler: Callable[[], VirtualTimeScheduler | VirtualScheduler] = VirtualScheduler,
+) -> None:
+    scheduler = make_scheduler()
     source: Subject[Message] = Subject()
     pipeline = build_pipeline(source, scheduler=scheduler, config=PipelineConfig(), host=host)
     pipeline.output.subscribe(scheduler=scheduler)
     for message in batch:
-        scheduler.schedule_absolute(
-            scheduler.to_datetime(message.arrival_s),
-            lambda *_, m=message: source.on_next(m),
-        )
-    scheduler.schedule_absolute(
-        scheduler.to_datetime(batch[-1].arrival_s + 0.5), lambda *_: source.on_completed()
-    )
+        scheduler.schedule_absolute(message.arrival_s, lambda *_, m=message: source.on_next(m))
+    scheduler.schedule_absolute(batch[-1].arrival_s + 0.5, lambda *_: source.on_completed())
     scheduler.start()
     assert pipeline.final()[0].frames.balanced
 
@@ -108,12 +108,15 @@ def run(quick: bool = False) -> dict[str, float]:
         base = best_of(repeats, functools.partial(floor, batch))
         proc = best_of(repeats, functools.partial(processor, batch, host))
         full = best_of(repeats, functools.partial(whole_chain, batch, host))
+        rx = best_of(repeats, functools.partial(whole_chain, batch, host, HistoricalScheduler))
         suffix = "" if codec == "L16" else "_pcmu"
         results[f"per_frame_ratio{suffix}"] = full / base
         results[f"processor_ratio{suffix}"] = proc / base
+        results[f"historical_ratio{suffix}"] = rx / base
         print(
             f"{codec}: floor {1e6 * base / n:.1f} us/frame; receive+decode {1e6 * proc / n:.1f} "
             f"us ({proc / base:.2f}x); whole chain {1e6 * full / n:.1f} us ({full / base:.2f}x)"
+            f"; on RxPY's HistoricalScheduler {1e6 * rx / n:.1f} us ({rx / base:.2f}x)"
         )
     proto = AppFoundryDialect(role="client", wall_clock=time.time)
     frames = [e for m in messages(n) for e in proto.receive(m) if isinstance(e, AudioFrame)]

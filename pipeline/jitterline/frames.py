@@ -10,8 +10,8 @@ clock and are only ever compared with each other when they come from the same pa
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal, TypeAlias, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -41,9 +41,32 @@ __all__ = [
     "StreamPaused",
     "StreamResumed",
     "StreamSignal",
+    "evolve",
 ]
 
 Samples: TypeAlias = npt.NDArray[np.int16]
+_V = TypeVar("_V")
+_SET = object.__setattr__
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def evolve(value: _V, **changes: Any) -> _V:
+    """``dataclasses.replace`` for these frozen, slotted values, in about a third of its
+    time: ``replace`` walks ``fields()`` and calls ``__init__`` on every call, and the
+    pipeline copies every frame at least once (the jitter buffer stamps ``playout_s``).
+    Nothing here has a ``__post_init__`` to skip; a misspelt field raises."""
+    cls = type(value)
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
+    new = object.__new__(cls)
+    for name in names:
+        _SET(new, name, getattr(value, name))
+    for name, changed in changes.items():
+        if name not in names:
+            raise TypeError(f"{cls.__name__} has no field {name!r}")
+        _SET(new, name, changed)
+    return new
 
 
 @dataclass(frozen=True, slots=True)

@@ -160,7 +160,7 @@ import numpy as np
 
 from . import checks
 from .errors import ConfigError
-from .frames import ArrivalOutcome, AudioFrame, BufferStats, FrameCounts, Samples
+from .frames import ArrivalOutcome, AudioFrame, BufferStats, FrameCounts, Samples, evolve
 from .latency import DelayReference
 
 __all__ = ["MAX_MISORDER", "Concealment", "JitterBuffer", "WaitStats"]
@@ -796,7 +796,7 @@ class JitterBuffer:
         return self._emit(self._conceal(), self._slot_s())
 
     def _emit(self, frame: AudioFrame, slot_s: float) -> AudioFrame:
-        out = replace(frame, playout_s=slot_s)
+        out = evolve(frame, playout_s=slot_s)
         if not frame.concealed:
             self._waits.add((slot_s - frame.arrival_s) * 1000.0)
             self._silent_since_s = None
@@ -879,7 +879,7 @@ class JitterBuffer:
         self._tally.concealed += 1
         self._tally.lost += 1
         self._lost_memory.add(seq)
-        return replace(
+        return evolve(
             prev,
             seq=seq,
             media_ms=self._expect_media_ms,

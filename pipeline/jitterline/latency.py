@@ -153,7 +153,9 @@ def _nearest_rank(ordered: list[float], percent: float) -> float | None:
 def _quantiles(
     values: Iterable[float | None], percents: tuple[float, ...]
 ) -> tuple[float | None, ...]:
-    ordered = sorted(v for v in values if v is not None and math.isfinite(v))
+    """Nearest-rank quantiles of the measured values (the window keeps only finite ones,
+    None where a measure could not be taken)."""
+    ordered = sorted([v for v in values if v is not None])
     return tuple(_nearest_rank(ordered, p) for p in percents)
 
 
@@ -217,7 +219,7 @@ class LatencyWindow:
             relative_ms = (
                 _finite(self._reference.observe(arrival_ms, media_ms, rebase=rebase)) or 0.0
             )
-            transit_ms -= self._reference.jumped_ms
+            transit_ms = _finite(transit_ms - self._reference.jumped_ms)
         entry = _Entry(
             at_s=self._advance_clock(None if arrival_ms is None else frame.arrival_s),
             transit_delta_ms=transit_delta_ms,
@@ -263,14 +265,17 @@ class LatencyWindow:
         entries = self._entries
         ref_ms = self._reference.ms
         least = 0.0 if ref_ms is None else ref_ms - self._reference.jumped_ms
-        jitter = _quantiles((e.transit_delta_ms for e in entries), (50, 95, 99))
-        gaps = _quantiles((e.interarrival_ms for e in entries), (50, 95, 99))
-        delays = _quantiles(
-            (None if e.transit_ms is None else max(0.0, e.transit_ms - least) for e in entries),
-            (50, 95, 99),
+        columns = tuple(zip(*entries, strict=True)) or ((),) * len(_Entry._fields)
+        jitter = _quantiles(columns[1], (50, 95, 99))
+        gaps = _quantiles(columns[2], (50, 95, 99))
+        # Delay is transit above the reference, floored at 0: a monotonic map, so the
+        # quantiles of the transits map to the quantiles of the delays.
+        delays = tuple(
+            None if q is None else _finite(max(0.0, q - least))
+            for q in _quantiles(columns[3], (50, 95, 99))
         )
-        latency = _quantiles((e.latency_ms for e in entries), (50, 95, 99))
-        processing = _quantiles((e.processing_ms for e in entries), (50, 95))
+        latency = _quantiles(columns[4], (50, 95, 99))
+        processing = _quantiles(columns[5], (50, 95))
         return LatencyStats(
             frames=len(entries),
             jitter_rfc3550_ms=self._jitter_ms if self._measured_jitter else None,

@@ -19,12 +19,10 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from reactivex import abc
-from reactivex.scheduler import HistoricalScheduler
 from reactivex.subject import Subject
 
 from .capture import CaptureEnd, CaptureHeader, CaptureRecord, CaptureWriter, read_capture
@@ -34,6 +32,7 @@ from .errors import ConfigError, JitterlineError
 from .frames import AudioFrame, ConnectionEvent, ConnectionStats, Message, Stats, StreamClosed
 from .plugins import PluginHost
 from .runtime import Connection, RunClock, Runtime
+from .schedulers import EPOCH, VirtualScheduler
 from .stages import build_pipeline, scheduler_clock
 from .status import StatusDisplay
 from .transport import BackoffPolicy, Session, SessionDiagnostics, TokenProvider
@@ -42,8 +41,6 @@ __all__ = ["EPOCH", "RunClock", "RunResult", "SessionOptions", "replay", "run_li
 
 log = logging.getLogger(__name__)
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-"""Where a replay's virtual clock starts: capture time ``t`` is scheduled at EPOCH + t."""
 
 _WAIT_SLICE_S = 0.25
 _CLOSE_TIMEOUT_S = 5.0
@@ -218,7 +215,7 @@ def replay(
     """
     header, records = read_capture(path)
     config = replace(header.config, **(overrides or {}))
-    scheduler = HistoricalScheduler(EPOCH)
+    scheduler = VirtualScheduler()
     subject: Subject[Message | ConnectionEvent | ConnectionStats | StreamClosed] = Subject()
     pipeline = build_pipeline(
         subject,
@@ -249,7 +246,7 @@ def replay(
 
 
 class _Feeder:
-    """Schedules capture records one at a time at EPOCH + t, so a long capture streams
+    """Schedules capture records one at a time at virtual time t, so a long capture streams
     through the virtual clock without being held in memory; ends the stream at the
     ``end`` record (or the last one) with the connection counters it carries."""
 
@@ -257,7 +254,7 @@ class _Feeder:
         self,
         records: Iterator[CaptureRecord],
         subject: Subject[Message | ConnectionEvent | ConnectionStats | StreamClosed],
-        scheduler: HistoricalScheduler,
+        scheduler: VirtualScheduler,
     ) -> None:
         self._records = records
         self._subject = subject
@@ -268,18 +265,14 @@ class _Feeder:
     def schedule_next(self) -> None:
         record: CaptureRecord | None = next(self._records, None)
         if record is None:
-            self._scheduler.schedule_absolute(self._at(self._last_s), self._end_action(None))
+            self._scheduler.schedule_absolute(self._last_s, self._end_action(None))
             return
         at_s = record.arrival_s if isinstance(record, Message) else record.at_s
         self._last_s = max(self._last_s, at_s)
         if isinstance(record, CaptureEnd):
-            self._scheduler.schedule_absolute(self._at(at_s), self._end_action(record))
+            self._scheduler.schedule_absolute(at_s, self._end_action(record))
             return
-        self._scheduler.schedule_absolute(self._at(at_s), self._deliver_action(record))
-
-    @staticmethod
-    def _at(seconds: float) -> datetime:
-        return EPOCH + timedelta(seconds=seconds)
+        self._scheduler.schedule_absolute(at_s, self._deliver_action(record))
 
     def _deliver_action(self, record: Message | ConnectionEvent) -> Any:
         def action(_: abc.SchedulerBase, __: Any = None) -> None:

@@ -33,7 +33,6 @@ from typing import Any, TypeVar
 
 from reactivex import abc
 from reactivex.disposable import Disposable, SerialDisposable
-from reactivex.scheduler.eventloop import AsyncIOScheduler
 from reactivex.subject import Subject
 
 from .capture import CaptureWriter
@@ -51,6 +50,7 @@ from .frames import (
 )
 from .plugins import PluginHost
 from .protocols import Dialect
+from .schedulers import LoopScheduler
 from .stages import Pipeline, build_pipeline, receive
 from .transport import IOLoop, Session
 
@@ -100,7 +100,7 @@ class Runtime:
         self.host = host
         self.ioloop = ioloop or IOLoop.shared()
         self.clock = clock or RunClock()
-        self.scheduler: abc.SchedulerBase = AsyncIOScheduler(self.ioloop.loop)
+        self.scheduler: abc.SchedulerBase = LoopScheduler(self.ioloop.loop)
 
     def call(self, fn: Callable[[], _T], timeout_s: float = _CALL_TIMEOUT_S) -> _T:
         """Run ``fn`` on the loop thread and wait for its result."""

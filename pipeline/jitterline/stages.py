@@ -85,12 +85,14 @@ from .frames import (
     StreamOpened,
     StreamPaused,
     StreamResumed,
+    evolve,
 )
 from .jitterbuffer import JitterBuffer
 from .latency import LatencyWindow
 from .plugins import PluginHost
 from .protocols import Dialect, DialectFactory, Role
 from .registry import Registry
+from .schedulers import VirtualScheduler
 
 __all__ = [
     "Clock",
@@ -162,6 +164,8 @@ Item: TypeAlias = (
 
 def scheduler_clock(scheduler: abc.SchedulerBase) -> Clock:
     """The scheduler's own time in seconds: virtual time in tests and replays."""
+    if isinstance(scheduler, VirtualScheduler):
+        return lambda: scheduler.seconds  # no datetime round trip on every frame
     return lambda: scheduler.to_seconds(scheduler.now)
 
 
@@ -329,10 +333,10 @@ def _decoded(frame: AudioFrame, codecs: Registry[Codec], stream_id: str) -> Audi
     codec = codecs.get(frame.codec)
     if is_stream_codec(codec):  # decoded at playout, in seq order: see conceal()
         codec.check(frame.payload, frame.sample_rate, frame.channels)
-        return replace(frame, stream_id=frame.stream_id or stream_id)
+        return evolve(frame, stream_id=frame.stream_id or stream_id)
     samples = codec.decode(frame.payload)
     if frame.samples is not None or not frame.stream_id:
-        return replace(frame, samples=samples, stream_id=frame.stream_id or stream_id)
+        return evolve(frame, samples=samples, stream_id=frame.stream_id or stream_id)
     # The frame is fresh from its protocol object and nobody holds it yet: fill in its
     # samples where it stands instead of building it twice (``replace`` costs ~5 us,
     # paid per frame and per stream).
@@ -809,7 +813,7 @@ class _Sinks(_Stage):
             )
             self._announce()
         elif isinstance(item, AudioFrame):
-            if not self.info.stream_id:
+            if item.stream_id and not self.info.stream_id:
                 self.info = replace(self.info, stream_id=item.stream_id)
             self._announce()
             self.host.notify("jitterline_frame_played", frame=item, stream=self.info)

@@ -1,0 +1,183 @@
+"""Two lean ReactiveX schedulers: the runtime's event loop, and virtual time for replays.
+
+Every played frame costs one timer (the jitter buffer's next slot), so a timer's price is
+paid hundreds of times a second per process. RxPY's own schedulers are general: its
+``AsyncIOScheduler`` wraps each ``call_later`` in four disposables (~12 us on top of the
+loop's own ~3 us), and its ``HistoricalScheduler`` keeps time as ``datetime``, converts on
+every call and takes a lock per item (~9 us to schedule, as much again to run). These do
+the same work with one small object per timer and float seconds throughout, and honour the
+same contract: ``schedule*`` return a disposable that cancels the work (and whatever
+disposable the action returned), ``now`` is a ``datetime``, ``schedule_periodic`` comes
+from ``PeriodicScheduler``.
+
+Both are single-threaded by design: a ``LoopScheduler`` is used from its loop's thread
+(the runtime runs every stream there), a ``VirtualScheduler`` from the thread that runs
+it. ``python -m benchmarks pipeline`` measures the pipeline on both virtual schedulers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
+
+from reactivex import abc, typing
+from reactivex.scheduler.periodicscheduler import PeriodicScheduler
+
+__all__ = ["EPOCH", "LoopScheduler", "VirtualScheduler"]
+
+_TState = TypeVar("_TState")
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+"""Where virtual time starts: ``VirtualScheduler`` time ``t`` is ``EPOCH + t`` as a datetime."""
+
+
+class _Timer(abc.DisposableBase):
+    """One scheduled action: cancelled before it runs, or its own disposable after."""
+
+    __slots__ = ("cancelled", "handle", "inner")
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.handle: asyncio.TimerHandle | None = None
+        self.inner: abc.DisposableBase | None = None
+
+    def dispose(self) -> None:
+        self.cancelled = True
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+        if self.inner is not None:
+            self.inner.dispose()
+            self.inner = None
+
+
+def _run(
+    scheduler: abc.SchedulerBase,
+    timer: _Timer,
+    action: typing.ScheduledAction[Any],
+    state: Any,
+) -> None:
+    if timer.cancelled:
+        return
+    timer.handle = None
+    result = action(scheduler, state)
+    if isinstance(result, abc.DisposableBase):
+        timer.inner = result
+
+
+class LoopScheduler(PeriodicScheduler):
+    """An asyncio event loop as a ReactiveX scheduler; one ``call_later`` per action."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._loop = loop
+
+    def schedule(
+        self, action: typing.ScheduledAction[_TState], state: _TState | None = None
+    ) -> abc.DisposableBase:
+        timer = _Timer()
+        self._loop.call_soon(_run, self, timer, action, state)
+        return timer
+
+    def schedule_relative(
+        self,
+        duetime: typing.RelativeTime,
+        action: typing.ScheduledAction[_TState],
+        state: _TState | None = None,
+    ) -> abc.DisposableBase:
+        seconds = duetime if isinstance(duetime, float) else self.to_seconds(duetime)
+        if seconds <= 0:
+            return self.schedule(action, state)
+        timer = _Timer()
+        timer.handle = self._loop.call_later(seconds, _run, self, timer, action, state)
+        return timer
+
+    def schedule_absolute(
+        self,
+        duetime: typing.AbsoluteTime,
+        action: typing.ScheduledAction[_TState],
+        state: _TState | None = None,
+    ) -> abc.DisposableBase:
+        return self.schedule_relative(self.to_datetime(duetime) - self.now, action, state)
+
+
+class VirtualScheduler(PeriodicScheduler):
+    """Virtual time in float seconds since ``EPOCH``: a heap of due actions run in time
+    order (ties in the order they were scheduled), the clock jumping to each.
+
+    ``start`` runs until nothing is left or an action calls ``stop``; ``advance_to`` runs
+    what is due up to a time and leaves the clock there, for a test or a feeder that
+    delivers its own items in between. ``seconds`` is the clock as a float, which
+    ``stages.scheduler_clock`` reads without a ``datetime`` round trip.
+    """
+
+    def __init__(self, start_s: float = 0.0) -> None:
+        super().__init__()
+        self.seconds = start_s
+        self._queue: list[tuple[float, int, _Timer, typing.ScheduledAction[Any], Any]] = []
+        self._order = 0
+        self._running = False
+
+    @property
+    def now(self) -> datetime:
+        return EPOCH + timedelta(seconds=self.seconds)
+
+    def schedule(
+        self, action: typing.ScheduledAction[_TState], state: _TState | None = None
+    ) -> abc.DisposableBase:
+        return self._at(self.seconds, action, state)
+
+    def schedule_relative(
+        self,
+        duetime: typing.RelativeTime,
+        action: typing.ScheduledAction[_TState],
+        state: _TState | None = None,
+    ) -> abc.DisposableBase:
+        seconds = duetime if isinstance(duetime, float) else self.to_seconds(duetime)
+        return self._at(self.seconds + max(seconds, 0.0), action, state)
+
+    def schedule_absolute(
+        self,
+        duetime: typing.AbsoluteTime,
+        action: typing.ScheduledAction[_TState],
+        state: _TState | None = None,
+    ) -> abc.DisposableBase:
+        if isinstance(duetime, datetime):
+            at_s = (duetime - EPOCH).total_seconds()
+        else:
+            at_s = float(duetime)
+        return self._at(max(at_s, self.seconds), action, state)
+
+    def _at(
+        self, at_s: float, action: typing.ScheduledAction[Any], state: Any
+    ) -> abc.DisposableBase:
+        timer = _Timer()
+        self._order += 1
+        heapq.heappush(self._queue, (at_s, self._order, timer, action, state))
+        return timer
+
+    def start(self) -> None:
+        """Run every due action in time order until none is left or ``stop`` is called."""
+        self._running = True
+        queue = self._queue
+        while self._running and queue:
+            at_s, _, timer, action, state = heapq.heappop(queue)
+            if not timer.cancelled:
+                self.seconds = at_s
+                _run(self, timer, action, state)
+        self._running = False
+
+    def stop(self) -> None:
+        self._running = False
+
+    def advance_to(self, at_s: float) -> None:
+        """Run what is due at or before ``at_s``, then set the clock to ``at_s``."""
+        queue = self._queue
+        while queue and queue[0][0] <= at_s:
+            due_s, _, timer, action, state = heapq.heappop(queue)
+            if not timer.cancelled:
+                self.seconds = due_s
+                _run(self, timer, action, state)
+        self.seconds = max(self.seconds, at_s)
