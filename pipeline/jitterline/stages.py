@@ -363,6 +363,32 @@ def per_channel(chain: Callable[[str], Operator[Any, Any]]) -> Operator[Any, Any
     return _operator(make)
 
 
+class _Inlet(Observable[Any]):
+    """A channel chain's input: one subscriber, one thread, so none of ``Subject``'s lock
+    and observer-list copy on every frame."""
+
+    def __init__(self) -> None:
+        super().__init__(self._attach)
+        self._observer: abc.ObserverBase[Any] | None = None
+
+    def _attach(
+        self, observer: abc.ObserverBase[Any], _: abc.SchedulerBase | None = None
+    ) -> abc.DisposableBase:
+        self._observer = observer
+        return Disposable(self._detach)
+
+    def _detach(self) -> None:
+        self._observer = None
+
+    def on_next(self, item: Any) -> None:
+        if self._observer is not None:
+            self._observer.on_next(item)
+
+    def on_completed(self) -> None:
+        if self._observer is not None:
+            self._observer.on_completed()
+
+
 class _Channels(_Stage):
     def __init__(
         self,
@@ -372,17 +398,17 @@ class _Channels(_Stage):
     ) -> None:
         super().__init__(observer, scheduler)
         self._chain = chain
-        self._inputs: dict[str, Subject[Any]] = {}
+        self._inputs: dict[str, _Inlet] = {}
         self._open = 0
         self._opened: StreamOpened | None = None
         self._pending: list[Malformed] = []
         self._done = False
 
-    def _channel(self, name: str) -> Subject[Any]:
+    def _channel(self, name: str) -> _Inlet:
         subject = self._inputs.get(name)
         if subject is not None:
             return subject
-        subject = Subject()
+        subject = _Inlet()
         self._inputs[name] = subject
         self._open += 1
         self.disposables.add(
