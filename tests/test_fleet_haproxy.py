@@ -155,6 +155,12 @@ def said(process: FleetProcess, pattern: re.Pattern[str]) -> re.Match[str] | Non
     return next(filter(None, map(pattern.search, process.lines)), None)
 
 
+def out_of_rotation(stats_port: int, server: str) -> dict[str, str] | None:
+    """HAProxy's server states once ``server`` is DOWN."""
+    states = haproxy_server_states(stats_port)
+    return states if states.get(server) == "DOWN" else None
+
+
 def scalar(port: int, query: str) -> float | None:
     result = prometheus_query(port, query)
     return float(result[0]["value"][1]) if result else None
@@ -172,10 +178,7 @@ def test_sigterm_to_one_worker_mid_run_cuts_no_session_and_loses_no_frame(
         victim.signal(signal.SIGTERM)
         in_flight = int(until(lambda: said(victim, DRAINING), "worker 1 to drain").group(1))
         victim_health = health(running.ports[1])
-        states = until(
-            lambda: (s := haproxy_server_states(running.stats)).get("w1") == "DOWN" and s,
-            "haproxy to take w1 out",
-        )
+        states = until(lambda: out_of_rotation(running.stats, "w1"), "haproxy to take w1 out")
         _, load_err = player.communicate(timeout=WAIT_S + SESSIONS / RATE_PER_S)
         assert victim.process.wait(WAIT_S) == 0  # exited by itself once drained
         report = json.loads(report_path.read_text(encoding="utf-8"))
