@@ -291,8 +291,12 @@ def _run(args: argparse.Namespace, host: PluginHost) -> int:
 
 
 def _serve(args: argparse.Namespace, host: PluginHost) -> int:
-    from .server.command import serve
+    from .server.command import serve, serve_options, stop_limit_s
+    from .server.workers import is_supervisor, supervise
 
+    if is_supervisor(args):  # the workers load and configure the plugins, not the parent
+        limit_s = stop_limit_s(serve_options(args), args.linger)
+        return supervise(args, stop_limit_s=limit_s)
     _configure_plugins(args, host)
     return serve(args, host, _config(args, dialect=args.dialect))
 
@@ -1205,6 +1209,7 @@ def _main(arguments: list[str], debug: bool) -> int:
             return EXIT_USAGE
         _setup_logging(args)
         _check_outputs(args)
+        args.arguments = tuple(arguments)  # serve --workers starts its workers with them
         handler: Handler = args.handler
         return handler(args, host)
     except JitterlineError as exc:

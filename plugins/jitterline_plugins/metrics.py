@@ -6,7 +6,7 @@ on without metrics, after one line saying so.
 Series (``dialect`` on all but plugin failures, so a dashboard splits AudioHook from Twilio)::
 
     jitterline_frames_total{outcome}          played, late, duplicate, overflow, malformed,
-                                              unplayed: each received frame once
+                                              unplayed, discarded: each received frame once
     jitterline_frames_lost_total              sequence numbers never received
     jitterline_frames_concealed_total         frames synthesised in their place
     jitterline_reconnects_total               successful reconnections
@@ -52,7 +52,7 @@ __all__ = ["DEFAULT_STREAM_SERIES", "MetricsSink", "plugin"]
 log = logging.getLogger(__name__)
 
 DEFAULT_STREAM_SERIES = 50
-OUTCOMES = ("played", "late", "duplicate", "overflow", "malformed", "unplayed")
+OUTCOMES = ("played", "late", "duplicate", "overflow", "malformed", "discarded", "unplayed")
 VERDICTS = ("healthy", "network_jitter", "server_delay", "client_buffering", "loss")
 _MS_BUCKETS = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000)
 

@@ -2,8 +2,10 @@
 
 ``config`` (options and credentials), ``gate`` (who gets through the upgrade, sans-I/O),
 ``shell`` (the ``websockets`` server on the runtime's loop: sessions, drain), ``report``
-(per-session summaries), ``command`` (``jitterline serve``). docs/serve.md tells how to
-deploy it.
+(per-session summaries), ``command`` (``jitterline serve``), ``workers`` (``serve
+--workers N``: a parent and N worker processes on one port), ``fleet`` (HAProxy and
+Prometheus over ``serve`` processes on loopback, for the tests and the benchmark).
+docs/serve.md tells how to run it, docs/deploy.md how to run a fleet.
 """
 
 from __future__ import annotations

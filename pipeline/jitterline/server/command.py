@@ -3,7 +3,10 @@
 The main thread only waits: the server, every session and the status run on the
 runtime's loop. SIGTERM (what an orchestrator sends) and SIGINT (Ctrl-C) both start the
 drain, after which the command exits 0: a drained server did its job. A second Ctrl-C
-during the drain interrupts it (exit 130).
+during the drain interrupts it (exit 130). ``--linger`` keeps the process (and so a
+metrics exporter) up a while after the drain, so that Prometheus scrapes the final
+counts before the process is gone. ``--workers N`` runs N of these under a parent
+(``workers``).
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from ..serve_status import ServeStatus
 from .config import API_KEYS_ENV, SERVE_DIALECTS, TWILIO_TOKEN_ENV, ServeOptions, load_credentials
 from .report import SummaryWriter
 from .shell import InboundServer
+from .workers import parse_workers, worker_role
 
-__all__ = ["SERVE_EXAMPLES", "add_serve_options", "serve"]
+__all__ = ["SERVE_EXAMPLES", "add_serve_options", "serve", "serve_options", "stop_limit_s"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,8 @@ examples:
   jitterline serve --dialect twilio --port 8080 --path /twilio \\
       --public-url wss://voice.example.com --host 0.0.0.0
   curl -i http://127.0.0.1:8080/health      # 200, 503 while draining
+  jitterline serve --workers auto --port 8080 --worker-port 9000 --metrics-port 9100 \\
+      --drain-grace 3600    # one worker per core; kill -HUP <parent> = rolling restart
 """
 
 
@@ -65,6 +71,37 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
         help="on SIGTERM / Ctrl-C, wait this long for sessions to close (30)",
     )
     parser.add_argument(
+        "--drain-grace",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="on a drain, let sessions run up to S before ending them (0: end at once); "
+        "a rolling restart that must not cut calls sets the longest call",
+    )
+    parser.add_argument(
+        "--linger",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="after the drain, stay up S (metrics still served) before exiting (0)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=parse_workers,
+        metavar="N|auto",
+        help="N worker processes on --port (auto: one per core); see docs/deploy.md",
+    )
+    parser.add_argument(
+        "--worker-port",
+        type=int,
+        default=0,
+        metavar="BASE",
+        help="with --workers: worker i also listens on BASE+i, its own health and "
+        "sessions (0: any free port); --metrics-port BASE gives it BASE+i too",
+    )
+    for hidden in ("--worker-index", "--listen-fd", "--ready-fd", "--parent-fd"):
+        parser.add_argument(hidden, type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
         "--api-keys-file", metavar="FILE", help=f"AudioHook API keys (else {API_KEYS_ENV})"
     )
     parser.add_argument(
@@ -83,8 +120,9 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def serve(args: argparse.Namespace, host: PluginHost, config: PipelineConfig) -> int:
-    """Run until SIGTERM or Ctrl-C, drain, return the exit code (0)."""
+def serve_options(args: argparse.Namespace) -> ServeOptions:
+    """The server's options from the command line, checked (also by a ``--workers``
+    parent, so that a bad option is one error, not one per worker)."""
     options = ServeOptions(
         host=args.host,
         port=args.port,
@@ -92,6 +130,7 @@ def serve(args: argparse.Namespace, host: PluginHost, config: PipelineConfig) ->
         path=args.path,
         max_sessions=args.max_sessions,
         drain_timeout_s=args.drain_timeout,
+        drain_grace_s=args.drain_grace,
         credentials=load_credentials(api_keys_file=args.api_keys_file),
         public_url=args.public_url,
         certfile=args.certfile,
@@ -99,9 +138,38 @@ def serve(args: argparse.Namespace, host: PluginHost, config: PipelineConfig) ->
     )
     options.check_exposure()
     checks.number("--status-every", args.status_every, low=0.0, above=True, unit="s")
+    checks.number("--linger", args.linger, low=0.0, unit="s")
+    return options
+
+
+def stop_limit_s(options: ServeOptions, linger_s: float) -> float:
+    """The longest a drain can take: grace, then the protocol's close, then 1001."""
+    return (
+        options.drain_grace_s
+        + options.drain_timeout_s
+        + options.close_timeout_s
+        + _DRAIN_MARGIN_S
+        + linger_s
+    )
+
+
+def serve(args: argparse.Namespace, host: PluginHost, config: PipelineConfig) -> int:
+    """Run until SIGTERM or Ctrl-C, drain, return the exit code (0)."""
+    options = serve_options(args)
+    role = worker_role(args)
     runtime = Runtime(host)
-    run = {"command": "serve", "dialect": options.dialect, "path": options.path}
-    server = InboundServer(runtime, options, config, writer=SummaryWriter(args.json), run=run)
+    run: dict[str, object] = {"command": "serve", "dialect": options.dialect}
+    run["path"] = options.path
+    if role is not None:
+        run["worker"] = role.index
+    server = InboundServer(
+        runtime,
+        options,
+        config,
+        writer=SummaryWriter(args.json),
+        run=run,
+        shared=None if role is None else role.listener(),
+    )
     try:
         port = runtime.ioloop.run(server.start()).result(_START_TIMEOUT_S)
     except OSError as exc:
@@ -116,6 +184,8 @@ def serve(args: argparse.Namespace, host: PluginHost, config: PipelineConfig) ->
         file=sys.stderr,
         flush=True,
     )
+    if role is not None:
+        role.ready(port)
     status = None
     if not args.quiet:
         status = ServeStatus(
@@ -126,13 +196,26 @@ def serve(args: argparse.Namespace, host: PluginHost, config: PipelineConfig) ->
         )
         runtime.call(status.start)
     with _stop_on_sigterm() as stop:
+        if role is not None:
+            role.watch_parent(stop)
         _wait(stop)
     print("jitterline serve: draining", file=sys.stderr, flush=True)
-    drain_limit_s = options.drain_timeout_s + options.close_timeout_s + _DRAIN_MARGIN_S
-    runtime.ioloop.run(server.drain()).result(drain_limit_s)
+    runtime.ioloop.run(server.drain()).result(stop_limit_s(options, 0.0))
     if status is not None:
         runtime.ioloop.run(status.stop()).result(_START_TIMEOUT_S)
+    if args.linger > 0:
+        print(f"jitterline serve: drained; exiting in {args.linger:g} s", file=sys.stderr)
+        _wait(_after(args.linger))
     return 0
+
+
+def _after(delay_s: float) -> threading.Event:
+    """An event set ``delay_s`` from now (``_wait`` on it: a Ctrl-C cuts it short)."""
+    done = threading.Event()
+    timer = threading.Timer(delay_s, done.set)
+    timer.daemon = True
+    timer.start()
+    return done
 
 
 @contextmanager

@@ -107,6 +107,8 @@ class ServeOptions:
     from ``X-Forwarded-Proto`` / ``X-Forwarded-Host``, else from ``Host``.
     ``refusal_delay_s``: a refused upgrade is answered this long after its request came
     (the reference server waits at least 500 ms), whatever failed.
+    ``drain_grace_s``: on a drain, how long sessions may go on before they are ended
+    (0: at once); ``drain_timeout_s`` then bounds their closing.
     ``handshake_timeout_s``: TCP accepted to upgrade done (a peer that never speaks, or
     trickles its request). ``open_timeout_s`` / ``close_timeout_s``: the protocol's own
     (AudioHook: no ``open`` after the upgrade; no ``close`` after our ``disconnect``).
@@ -118,6 +120,7 @@ class ServeOptions:
     path: str = "/"
     max_sessions: int = 500
     drain_timeout_s: float = 30.0
+    drain_grace_s: float = 0.0
     credentials: Credentials = Credentials()
     public_url: str | None = None
     certfile: str | None = None
@@ -143,6 +146,7 @@ class ServeOptions:
             checks.number(name, getattr(self, name), low=0.0, above=True, unit="s")
         checks.number("close_timeout_s", self.close_timeout_s, low=0.0, above=True, unit="s")
         checks.number("refusal_delay_s", self.refusal_delay_s, low=0.0, unit="s")
+        checks.number("drain_grace_s", self.drain_grace_s, low=0.0, unit="s")
         if (self.certfile is None) != (self.keyfile is None):
             raise ConfigError("TLS needs both --certfile and --keyfile; give both or neither")
 

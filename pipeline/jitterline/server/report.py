@@ -3,18 +3,21 @@
 Each summary is the demo's JSON document (``summary.summarize``) plus a ``stream`` object
 naming the session, the call and the channel, so that one JSON Lines file of a busy server
 can be grouped by call. Lines, not an array: a server never "ends" the file, and a reader
-(``jq``, a log shipper) can follow it while sessions keep ending.
+(``jq``, a log shipper) can follow it while sessions keep ending. Each line goes to the
+file in one ``write`` on a descriptor opened with ``O_APPEND``, so the workers of
+``serve --workers`` (and separate ``serve`` processes) can share one file: the kernel
+appends each line whole, never interleaved with another process's.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TextIO
 
 from ..diagnosis import Diagnosis
@@ -65,33 +68,44 @@ class SummaryWriter:
 
     def __init__(self, target: str | None) -> None:
         self._lock = threading.Lock()
-        self._owned = False
         self._stream: TextIO | None = None
+        self._fd: int | None = None
         if target == "-":
             self._stream = sys.stdout
         elif target is not None:
             try:
-                self._stream = Path(target).open("a", encoding="utf-8")  # noqa: SIM115
+                self._fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
             except OSError as exc:
                 raise ConfigError(
                     f"cannot open {target!r} for the session summaries ({exc.strerror}); "
                     "pick a writable path, or - for stdout"
                 ) from None
-            self._owned = True
         self.lines = 0
 
     def write(self, summary: Mapping[str, Any]) -> None:
         line = json.dumps(summary, allow_nan=False, separators=(",", ":"))
         log.info("session summary %s", line)
-        if self._stream is None:
-            return
         with self._lock:
-            self._stream.write(line + "\n")
-            self._stream.flush()
+            if self._fd is not None:
+                _write_whole(self._fd, (line + "\n").encode("utf-8"))
+            elif self._stream is not None:
+                self._stream.write(line + "\n")
+                self._stream.flush()
+            else:
+                return
             self.lines += 1
 
     def close(self) -> None:
         with self._lock:
-            if self._owned and self._stream is not None:
-                self._stream.close()
+            if self._fd is not None:
+                os.close(self._fd)
+            self._fd = None
             self._stream = None
+
+
+def _write_whole(fd: int, data: bytes) -> None:
+    """One ``write`` for a regular file (the kernel does not split it); the loop only
+    guards against a short write, e.g. on a full disk, which then raises."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

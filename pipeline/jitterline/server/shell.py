@@ -13,10 +13,13 @@ succeed, in the same loop step that sends the 101, so two racing upgrades cannot
 the last slot).
 
 Draining (SIGTERM, Ctrl-C): the listener stays open so that health checks see 503 and new
-upgrades get 503; every session is ended the protocol's way (``Connection.end``: AudioHook
-``disconnect`` then ``close`` / ``closed``; Twilio: the socket closes); sessions still
-running after ``drain_timeout_s`` are closed with 1001. Every session's summaries are
-written as it ends, whichever way it ended.
+upgrades get 503; a listener shared with sibling workers (``serve --workers``) stops
+accepting at once, so the siblings take the new sessions. Sessions get
+``drain_grace_s`` to end by themselves (a rolling restart that must not cut a call sets it
+to the longest call); those still running are then ended the protocol's way
+(``Connection.end``: AudioHook ``disconnect`` then ``close`` / ``closed``; Twilio: the
+socket closes); sessions still running ``drain_timeout_s`` later are closed with 1001.
+Every session's summaries are written as it ends, whichever way it ended.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import asyncio
 import contextlib
 import http
 import logging
+import socket
 import ssl
 import time
 from collections import Counter
@@ -34,6 +38,7 @@ from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
@@ -115,7 +120,9 @@ class InboundServer:
 
     Coroutines run on ``runtime.ioloop.loop``; ``port`` is the bound port once ``start``
     returned. ``writer`` receives each ended session's summaries; ``run`` is their
-    ``run`` object.
+    ``run`` object. ``shared``: a listening socket this server also accepts on, shared
+    with sibling worker processes (``serve --workers``); ``options.port`` is then the
+    worker's own port, where a load balancer checks this worker's health.
     """
 
     def __init__(
@@ -126,6 +133,7 @@ class InboundServer:
         *,
         writer: SummaryWriter | None = None,
         run: Mapping[str, Any] | None = None,
+        shared: socket.socket | None = None,
     ) -> None:
         self.runtime = runtime
         self.options = options
@@ -141,26 +149,20 @@ class InboundServer:
         self._admitted: set[ServerConnection] = set()
         self._numbers = 0
         self._server: Server | None = None
+        self._shared_socket = shared
+        self._shared: Server | None = None
+        self._ending = False
         self._idle = asyncio.Event()
         self._secure = options.certfile is not None
 
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> int:
-        """Listen; returns the bound port."""
-        self._server = await serve(
-            self._session,
-            self.options.host,
-            self.options.port,
-            process_request=self._process_request,
-            process_response=self._process_response,
-            server_header=None,
-            compression=None,
-            open_timeout=self.options.handshake_timeout_s,
-            close_timeout=self.options.close_timeout_s,
-            max_size=self.options.max_message_bytes,
-            ssl=self._ssl_context(),
-        )
+        """Listen; returns the bound port (the worker's own one with ``shared``)."""
+        context = self._ssl_context()
+        self._server = await self._listen(self.options.host, self.options.port, context)
+        if self._shared_socket is not None:
+            self._shared = await self._listen(None, None, context, sock=self._shared_socket)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info(
             "serving %s on %s:%d%s", self.options.dialect, self.options.host, self.port,
@@ -168,18 +170,46 @@ class InboundServer:
         )  # fmt: skip
         return self.port
 
+    async def _listen(
+        self,
+        host: str | None,
+        port: int | None,
+        context: ssl.SSLContext | None,
+        *,
+        sock: socket.socket | None = None,
+    ) -> Server:
+        server: Server = await serve(
+            self._session,
+            host,
+            port,
+            sock=sock,
+            process_request=self._process_request,
+            process_response=self._process_response,
+            server_header=None,
+            compression=None,
+            open_timeout=self.options.handshake_timeout_s,
+            close_timeout=self.options.close_timeout_s,
+            max_size=self.options.max_message_bytes,
+            ssl=context,
+        )
+        return server
+
     async def drain(self) -> None:
-        """Stop taking sessions, end every running one the protocol's way, wait for them
-        up to ``drain_timeout_s``, close the stragglers, then stop listening."""
+        """Stop taking sessions; give them ``drain_grace_s`` to end by themselves, end
+        the rest the protocol's way, wait for them up to ``drain_timeout_s``, close the
+        stragglers, then stop listening."""
         self.draining = True
+        if self._shared is not None:
+            # Only stop accepting: the sessions it accepted run on.
+            self._shared.close(close_connections=False)
         log.info("draining %d session(s)", len(self.sessions))
+        if self.options.drain_grace_s > 0:
+            await self._until_idle(self.options.drain_grace_s)
+        self._ending = True
         for session in list(self.sessions.values()):
             if session.connection is not None:
                 session.connection.end("completed")
-        self._idle.clear()
-        if self.sessions:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), self.options.drain_timeout_s)
+        await self._until_idle(self.options.drain_timeout_s)
         if self.sessions:
             log.warning(
                 "%d session(s) still running after the %.0f s drain timeout; closing them",
@@ -188,14 +218,29 @@ class InboundServer:
             )
         await self.close()
 
-    async def close(self) -> None:
-        """Stop listening and close what is left with 1001 (going away)."""
-        if self._server is not None:
-            self._server.close()
-            # websockets waits up to close_timeout_s for each 1001 closing handshake.
-            limit_s = self.options.close_timeout_s + _CLOSE_MARGIN_S
+    async def _until_idle(self, limit_s: float) -> None:
+        self._idle.clear()
+        if self.sessions:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), limit_s)
+                await asyncio.wait_for(self._idle.wait(), limit_s)
+
+    async def close(self) -> None:
+        """Stop listening and close what is left with 1001 (going away), whichever
+        listener accepted it (the shared one stopped without closing its sessions)."""
+        going = [
+            asyncio.create_task(ws.close(CloseCode.GOING_AWAY))
+            for ws in self._admitted
+            if ws.state is State.OPEN
+        ]
+        # websockets waits up to close_timeout_s for each 1001 closing handshake.
+        limit_s = self.options.close_timeout_s + _CLOSE_MARGIN_S
+        for server in (self._shared, self._server):
+            if server is not None:
+                server.close()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(server.wait_closed(), limit_s)
+        if going:
+            await asyncio.wait(going, timeout=limit_s)
         self.writer.close()
 
     def _ssl_context(self) -> ssl.SSLContext | None:
@@ -270,7 +315,7 @@ class InboundServer:
             connection.flush()
             if proto.next_deadline_s() is None:
                 guard = loop.call_later(self.options.open_timeout_s, self._unopened, ws, session)
-            if self.draining:
+            if self._ending:
                 connection.end("completed")
             async for data in ws:
                 connection.receive(Message(data, clock(), time.time()))
