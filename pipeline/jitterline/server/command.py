@@ -24,6 +24,7 @@ from ..plugins import PluginHost
 from ..runtime import Runtime
 from ..serve_status import ServeStatus
 from .config import API_KEYS_ENV, SERVE_DIALECTS, TWILIO_TOKEN_ENV, ServeOptions, load_credentials
+from .prompt import PromptPlayer, check_prompt_dialect, load_prompt
 from .report import SummaryWriter
 from .shell import InboundServer
 
@@ -81,6 +82,23 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--status-sessions", action="store_true", help="a status line per running session"
     )
+    _add_prompt_option(parser)
+
+
+def _add_prompt_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--prompt",
+        metavar="FILE.wav",
+        help="play this 16-bit WAV to every caller once the stream opens (audioconnector, twilio)",
+    )
+
+
+def _register_prompt(args: argparse.Namespace, host: PluginHost, dialect: str) -> None:
+    """``--prompt``: loaded and checked before listening, played by a plugin of our own."""
+    if getattr(args, "prompt", None) is None:
+        return
+    check_prompt_dialect(dialect)
+    host.register(PromptPlayer(load_prompt(args.prompt)), name="serve-prompt")
 
 
 def serve(args: argparse.Namespace, host: PluginHost, config: PipelineConfig) -> int:
@@ -98,6 +116,7 @@ def serve(args: argparse.Namespace, host: PluginHost, config: PipelineConfig) ->
         keyfile=args.keyfile,
     )
     options.check_exposure()
+    _register_prompt(args, host, options.dialect)
     checks.number("--status-every", args.status_every, low=0.0, above=True, unit="s")
     runtime = Runtime(host)
     run = {"command": "serve", "dialect": options.dialect, "path": options.path}
