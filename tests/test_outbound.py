@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from reactivex.scheduler import HistoricalScheduler
 
 from jitterline import codecs
+from jitterline.emulator.players import Playout
 from jitterline.errors import ConfigError
 from jitterline.frames import AudioFrame, Event, Message, StreamClosed, StreamInfo, StreamSignal
 from jitterline.outbound import (
@@ -347,3 +348,45 @@ def test_a_stream_closed_event_ends_the_outbound() -> None:
     wire = Wire(server)
     wire.outbound.event(StreamClosed(STREAM_SID, 0.0, "stop"))
     assert wire.outbound.closed
+
+
+# -- the player's side: the platform playing our audio out ---------------------------------
+
+
+def test_the_platform_echoes_a_mark_once_the_audio_before_it_played() -> None:
+    playout = Playout()
+    assert playout.audio(1600, now_s=0.0)  # starts a stretch: playback_started
+    assert not playout.audio(1600, now_s=0.1)  # 200 ms queued behind the first 200 ms
+    playout.mark("m1", now_s=0.1)
+    assert playout.marks_due(0.39) == [] and playout.next_due_s() == pytest.approx(0.4)
+    assert playout.marks_due(0.4) == ["m1"]
+    assert not playout.stretch_over(0.39) and playout.stretch_over(0.4)
+    assert not playout.stretch_over(0.5)  # once
+
+
+def test_a_clear_drops_the_unplayed_audio_and_echoes_its_marks_at_once() -> None:
+    playout = Playout()
+    playout.audio(8000, now_s=0.0)
+    playout.mark("m1", now_s=0.0)
+    assert playout.clear(0.3) == ["m1"]
+    assert playout.stretch_over(0.3)  # silent from the clear on
+    assert playout.audio(160, now_s=0.5)  # a new stretch
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pcm=st.binary(max_size=64)
+    | st.lists(st.integers(-(2**40), 2**40), max_size=16).map(np.array)
+    | st.lists(st.integers(-32768, 32767), max_size=400).map(lambda v: np.array(v, np.int16))
+    | st.lists(st.floats(allow_nan=True), max_size=8).map(np.array),
+    rate=st.sampled_from([8000, 16000]),
+)
+def test_send_takes_any_input_or_refuses_it_with_config_error(pcm: object, rate: int) -> None:
+    _, server = twilio_pair()
+    wire = Wire(server)
+    try:
+        playback = wire.outbound.send(pcm, rate)  # type: ignore[arg-type]
+    except ConfigError:
+        assert wire.sent == []
+        return
+    assert playback.state in ("queued", "sent")

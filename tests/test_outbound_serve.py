@@ -4,6 +4,8 @@ players acting as Genesys Audio Connector and Twilio, recording what arrived."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
 import wave
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,9 @@ from jitterline.protocols.audiohook import AudioHookDialect
 from jitterline.runtime import Runtime
 from jitterline.server.prompt import PromptPlayer, check_prompt_dialect, load_prompt
 from jitterline.transport import IOLoop
-from serve_testkit import serving
+from serve_testkit import WAIT_S, serving
 from test_audiohook import CONVERSATION, ORG, PARTICIPANT, SESSION
+from test_serve_command import command, environment, serve_process
 
 PLAYER_S = 2.5
 """Longer than every prompt here, so the caller is still there when the audio has played."""
@@ -202,3 +205,29 @@ def test_an_unplayable_prompt_stops_start_up(tmp_path: Path) -> None:
         load_prompt(tmp_path / "not.wav")
     with pytest.raises(ConfigError, match="monitor-only"):
         check_prompt_dialect("audiohook")
+
+
+def test_serve_prompt_plays_the_wav_to_a_twilio_caller(tmp_path: Path) -> None:
+    prompt = ramp(0.4)
+    wav = write_wav(tmp_path / "welcome.wav", prompt, 8000)
+    with serve_process("--dialect", "twilio", "--prompt", str(wav)) as (process, port, _):
+        result = run_player(f"ws://127.0.0.1:{port}/", "twilio")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(WAIT_S) == 0
+    assert result.completed, result.error_detail
+    assert np.array_equal(decoded(result.server_audio.audio), decoded(encode_pcmu(prompt)))
+    assert result.server_audio.marks == ("jitterline-1",)
+
+
+def test_serve_prompt_on_audiohook_is_a_usage_error(tmp_path: Path) -> None:
+    wav = write_wav(tmp_path / "welcome.wav", ramp(0.1), 8000)
+    result = subprocess.run(
+        command("--port", "0", "--dialect", "audiohook", "--prompt", str(wav)),
+        capture_output=True,
+        text=True,
+        env=environment(),
+        timeout=WAIT_S,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "monitor-only" in result.stderr and "--dialect audioconnector" in result.stderr

@@ -359,8 +359,11 @@ class Connection:
         return self.outbound.send(pcm, rate)
 
     def _outbound_ready(self, opened: StreamOpened) -> None:
-        """Hand plugins the outbound audio of a call that can take it (not a probe)."""
+        """Hand plugins the outbound audio of a call that can take it (not a probe); none
+        is built while no plugin asks for it, as most sessions of a monitoring server."""
         if opened.probe or self._outbound is not None:
+            return
+        if not self.runtime.host.pm.hook.jitterline_outbound_ready.get_hookimpls():
             return
         try:
             outbound = self.outbound
