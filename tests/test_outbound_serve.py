@@ -118,6 +118,15 @@ def test_audiohook_gets_no_outbound_hook(tmp_path: Path) -> None:
     assert bot.ready == [] and result.server_audio.messages == 0
 
 
+def test_a_connection_probe_gets_no_outbound_hook(tmp_path: Path) -> None:
+    bot = Bot(ramp(0.5))
+    with serving(tmp_path, dialect="audioconnector", plugins=(bot,)) as served:
+        result = run_player(served.url, "audioconnector", probe=True)
+        opened = served.call(lambda: len(bot.opened))
+    assert result.completed and opened == 1
+    assert bot.ready == [] and result.server_audio.messages == 0
+
+
 def test_sending_audio_on_audiohook_is_refused_with_the_fix() -> None:
     ioloop = IOLoop(name="outbound-test").start()
     try:
