@@ -43,6 +43,7 @@ examples:
   jitterline serve --dialect audiohook --port 8080 --json sessions.jsonl
   jitterline serve --dialect twilio --port 8080 --path /twilio \\
       --public-url wss://voice.example.com --host 0.0.0.0
+  jitterline serve --dialect audioconnector --prompt welcome.wav   # a prompt per caller
   curl -i http://127.0.0.1:8080/health      # 200, 503 while draining
 """
 
