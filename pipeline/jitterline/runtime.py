@@ -3,7 +3,8 @@ plugin hooks run on the I/O loop's single thread.
 
 A ``Connection`` binds what one WebSocket needs: the protocol object (the shell feeds it
 what arrived and sends what it answers), the pipeline (fed the object's events, with the
-transport's lifecycle), the capture writer, and the protocol's own timers. Shells differ
+transport's lifecycle), the capture writer, the protocol's own timers and, for dialects
+that talk back, the paced outbound audio (``outbound``). Shells differ
 only in how bytes move: the dial-out ``Session`` (websocket-client sockets multiplexed on
 the loop) and the inbound servers (``websockets``) both call ``receive``,
 ``connection_event`` and ``finish`` on the loop thread and give the connection a
