@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from .adjuster import BufferPolicy
     from .codecs import Codec
     from .diagnosis import Diagnosis
+    from .outbound import Outbound
     from .protocols import DialectFactory
 
 __all__ = ["hookimpl", "hookspec"]
@@ -107,6 +108,20 @@ def jitterline_configure(options: Mapping[str, Any]) -> None:
 def jitterline_stream_opened(stream: StreamInfo) -> None:
     """A stream (one channel of a connection) starts: set up its per-stream state here,
     under ``stream.key``. Called before its first frame or snapshot."""
+
+
+@hookspec
+def jitterline_outbound_ready(stream: StreamInfo, outbound: Outbound) -> None:
+    """A connection that can talk back opened (``serve`` with Audio Connector or Twilio;
+    not a Genesys connection probe, never AudioHook, which is monitor-only). ``stream`` is
+    the connection (``channel`` empty). Keep ``outbound`` under ``stream.key`` to answer
+    the caller later: ``outbound.send(pcm, rate)`` plays mono int16 samples (or their
+    little-endian bytes) after what is queued, paced in real time, and returns a
+    ``Playback`` whose ``add_done_callback(fn)`` fires once the peer played it (Twilio
+    ``mark`` echo, Audio Connector ``playback_completed``) or it was cleared;
+    ``outbound.clear()`` stops the audio (Twilio ``clear``, Audio Connector ``barge_in``).
+    Call both on the loop thread (from this or another hook); from another thread use
+    ``loop.call_soon_threadsafe``."""
 
 
 @hookspec

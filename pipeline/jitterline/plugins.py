@@ -45,6 +45,7 @@ DISABLE_ENV = "JITTERLINE_DISABLE_PLUGINS"
 NOTIFICATION_HOOKS = frozenset(
     {
         "jitterline_stream_opened",
+        "jitterline_outbound_ready",
         "jitterline_raw_message",
         "jitterline_frame_played",
         "jitterline_stats",

@@ -3,7 +3,8 @@ plugin hooks run on the I/O loop's single thread.
 
 A ``Connection`` binds what one WebSocket needs: the protocol object (the shell feeds it
 what arrived and sends what it answers), the pipeline (fed the object's events, with the
-transport's lifecycle), the capture writer, and the protocol's own timers. Shells differ
+transport's lifecycle), the capture writer, the protocol's own timers and, for dialects
+that talk back, the paced outbound audio (``outbound``). Shells differ
 only in how bytes move: the dial-out ``Session`` (websocket-client sockets multiplexed on
 the loop) and the inbound servers (``websockets``) both call ``receive``,
 ``connection_event`` and ``finish`` on the loop thread and give the connection a
@@ -31,6 +32,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+import numpy.typing as npt
 from reactivex import abc
 from reactivex.disposable import Disposable, SerialDisposable
 from reactivex.subject import Subject
@@ -38,6 +40,7 @@ from reactivex.subject import Subject
 from .capture import CaptureWriter
 from .config import PipelineConfig
 from .diagnosis import Diagnosis, diagnose
+from .errors import ConfigError
 from .frames import (
     AudioFrame,
     ConnectionEvent,
@@ -48,6 +51,7 @@ from .frames import (
     StreamInfo,
     StreamOpened,
 )
+from .outbound import Outbound, Playback, frame_bytes_for
 from .plugins import PluginHost
 from .protocols import Dialect
 from .schedulers import LoopScheduler
@@ -236,6 +240,7 @@ class Connection:
         self._closing = False
         self.opened: StreamOpened | None = None
         self.finished: Finished | None = None
+        self._outbound: Outbound | None = None
         self.pipeline: Pipeline = build_pipeline(
             self._subject,
             config=config,
@@ -272,6 +277,10 @@ class Connection:
                     participant_id=event.participant_id,
                 )
             self._subject.on_next(event)
+            if self._outbound is not None:
+                self._outbound.event(event)
+            if isinstance(event, StreamOpened):
+                self._outbound_ready(event)
         self.flush()
 
     def connection_event(self, event: ConnectionEvent, stats: ConnectionStats | None) -> None:
@@ -311,6 +320,8 @@ class Connection:
         buffer drains what it holds; otherwise it was cut and that counts unplayed."""
         if self.finished is None:
             self._timer.disposable = Disposable()
+            if self._outbound is not None:
+                self._outbound.close()
             if connection is not None:
                 self._subject.on_next(connection)
             if ended:
@@ -319,6 +330,47 @@ class Connection:
             self._subject.on_completed()
         assert self.finished is not None, "the pipeline did not complete"
         return self.finished
+
+    # -- audio back to the peer (Audio Connector, Twilio) ------------------------------------
+
+    @property
+    def outbound(self) -> Outbound:
+        """The audio this connection sends back, paced on the loop (``jitterline.outbound``).
+        ``ConfigError`` for a dialect that takes none (AudioHook is monitor-only) and
+        before the stream opened."""
+        if self._outbound is None:
+            frame_bytes_for(self.proto)
+            if self.opened is None:
+                raise ConfigError(
+                    f"stream {self.info.stream_id!r} has not opened yet; send audio from "
+                    "the jitterline_outbound_ready hook, which runs once it has"
+                )
+            self._outbound = Outbound(
+                self.proto,
+                stream=self.info,
+                clock=self.runtime.clock,
+                scheduler=self.runtime.scheduler,
+                flush=self.flush,
+            )
+        return self._outbound
+
+    def send_audio(self, pcm: bytes | npt.ArrayLike, rate: int = 8000) -> Playback:
+        """Play mono int16 ``pcm`` (samples or little-endian bytes) at ``rate`` Hz to the
+        peer, after what is already queued; see ``Outbound.send``."""
+        return self.outbound.send(pcm, rate)
+
+    def _outbound_ready(self, opened: StreamOpened) -> None:
+        """Hand plugins the outbound audio of a call that can take it (not a probe); none
+        is built while no plugin asks for it, as most sessions of a monitoring server."""
+        if opened.probe or self._outbound is not None:
+            return
+        if not self.runtime.host.pm.hook.jitterline_outbound_ready.get_hookimpls():
+            return
+        try:
+            outbound = self.outbound
+        except ConfigError:
+            return
+        self.runtime.host.notify("jitterline_outbound_ready", stream=self.info, outbound=outbound)
 
     # -- the protocol's own timers (pings, handshake deadlines) ----------------------------
 

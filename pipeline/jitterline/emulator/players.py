@@ -4,7 +4,8 @@ A player dials a server as Genesys (AudioHook, Audio Connector) or Twilio (Media
 would and plays one session: the upgrade with the headers the platform sends, the opening
 handshake, audio in real time, pings, an optional pause, and the protocol's own close. It
 reports what it sent, per channel (frames, their numbers, the exact bytes), and what the
-server answered (opened, refused with an HTTP status, disconnect reason, errors, pong RTTs).
+server answered (opened, refused with an HTTP status, disconnect reason, errors, pong RTTs,
+the audio it sent back).
 
 The split follows the rest of jitterline (docs/protocols.md):
 
@@ -12,6 +13,10 @@ The split follows the rest of jitterline (docs/protocols.md):
 - ``SendPlan`` (sans-I/O) decides, through the emulator's seeded ``ImpairmentModel``,
   when each captured frame leaves and whether it is lost or duplicated;
 - ``Outbox`` (sans-I/O) releases queued messages in order at their due times;
+- ``Playout`` (sans-I/O) plays the server's audio back as the platform would: in real
+  time from its arrival, so a Twilio ``mark`` is echoed once the audio before it has
+  played (at once when a ``clear`` dropped it) and Audio Connector's ``playback_started``
+  / ``playback_completed`` bracket each stretch of bot audio (a ``barge_in`` ends one);
 - ``play`` is the asyncio shell on a ``websockets`` client: it reads the clock and moves
   bytes, nothing else.
 
@@ -84,7 +89,9 @@ __all__ = [
     "PlayerDialect",
     "PlayerOptions",
     "PlayerResult",
+    "Playout",
     "SendPlan",
+    "ServerAudio",
     "play",
     "play_demo",
 ]
@@ -214,6 +221,59 @@ class Outbox:
         if self._queue and self._queue[0].due_s <= now_s:
             return self._queue.popleft()
         return None
+
+
+class Playout:
+    """The platform playing the server's audio (8 kHz PCMU, one byte per sample) in real
+    time: each message starts when the previous one ends, or on arrival after a silence.
+
+    ``marks_due`` gives the marks (Twilio) whose audio has played; ``clear`` drops what has
+    not played and hands back every pending mark, which Twilio echoes at once. ``playing``
+    is true from the first audio after a silence until ``stretch_over`` reports its end
+    (Audio Connector's ``playback_started`` / ``playback_completed``)."""
+
+    def __init__(self, rate: int = SAMPLE_RATE) -> None:
+        self.rate = rate
+        self.playing = False
+        self._end_s: float | None = None
+        self._marks: deque[tuple[float, str]] = deque()
+
+    def audio(self, n_bytes: int, now_s: float) -> bool:
+        """Audio arrived; True when it starts a stretch (the platform was silent)."""
+        started = not self.playing
+        start_s = now_s if self._end_s is None else max(now_s, self._end_s)
+        self._end_s = start_s + n_bytes / self.rate
+        self.playing = True
+        return started
+
+    def mark(self, name: str, now_s: float) -> None:
+        due_s = now_s if self._end_s is None else max(now_s, self._end_s)
+        self._marks.append((due_s, name))
+
+    def clear(self, now_s: float) -> list[str]:
+        self._end_s = now_s
+        names = [name for _, name in self._marks]
+        self._marks.clear()
+        return names
+
+    def marks_due(self, now_s: float) -> list[str]:
+        names: list[str] = []
+        while self._marks and self._marks[0][0] <= now_s:
+            names.append(self._marks.popleft()[1])
+        return names
+
+    def stretch_over(self, now_s: float) -> bool:
+        """True once, when a stretch of audio has played out."""
+        if self.playing and self._end_s is not None and self._end_s <= now_s:
+            self.playing = False
+            return True
+        return False
+
+    def next_due_s(self) -> float | None:
+        candidates = [self._marks[0][0]] if self._marks else []
+        if self.playing and self._end_s is not None:
+            candidates.append(self._end_s)
+        return min(candidates) if candidates else None
 
 
 class Histogram:
@@ -358,6 +418,24 @@ class ChannelSent:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerAudio:
+    """The audio the server sent back (Audio Connector binary PCMU, Twilio ``media``).
+
+    ``messages`` and ``total_bytes`` always; with ``keep_audio`` also ``audio`` (the PCMU as it
+    arrived, in order), and per message its size and ``arrivals_s`` (seconds after the
+    stream started), which show the server's pacing. ``marks``: Twilio marks echoed, in
+    order; ``clears``: Twilio ``clear`` or Audio Connector ``barge_in`` received."""
+
+    messages: int = 0
+    total_bytes: int = 0
+    audio: bytes = field(default=b"", repr=False)
+    sizes: tuple[int, ...] = field(default=(), repr=False)
+    arrivals_s: tuple[float, ...] = field(default=(), repr=False)
+    marks: tuple[str, ...] = ()
+    clears: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class PlayerResult:
     """What one played session saw.
 
@@ -375,6 +453,7 @@ class PlayerResult:
     own lateness plus any time the server made it wait (TCP backpressure). ``loop_lag``:
     how late the sender woke against the time it asked for (ms), the generator's own
     lateness alone: high means the load generator, not the server, fell behind.
+    ``server_audio``: what the server played to the caller.
     """
 
     dialect: str
@@ -393,6 +472,7 @@ class PlayerResult:
     received: Mapping[str, int] = field(default_factory=dict)
     send_lag: Histogram = field(default_factory=Histogram, compare=False, repr=False)
     loop_lag: Histogram = field(default_factory=Histogram, compare=False, repr=False)
+    server_audio: ServerAudio = field(default_factory=ServerAudio)
 
     @property
     def frames_sent(self) -> int:
@@ -503,6 +583,35 @@ class _ChannelLog:
         )
 
 
+class _AudioBackLog:
+    """Accumulates ``ServerAudio``."""
+
+    def __init__(self, keep: bool) -> None:
+        self.keep = keep
+        self.messages = self.total_bytes = self.clears = 0
+        self.audio: list[bytes] = []
+        self.arrivals_s: list[float] = []
+        self.marks: list[str] = []
+
+    def add(self, payload: bytes, arrival_s: float) -> None:
+        self.messages += 1
+        self.total_bytes += len(payload)
+        if self.keep:
+            self.audio.append(payload)
+            self.arrivals_s.append(arrival_s)
+
+    def frozen(self) -> ServerAudio:
+        return ServerAudio(
+            messages=self.messages,
+            total_bytes=self.total_bytes,
+            audio=b"".join(self.audio),
+            sizes=tuple(len(chunk) for chunk in self.audio),
+            arrivals_s=tuple(self.arrivals_s),
+            marks=tuple(self.marks),
+            clears=self.clears,
+        )
+
+
 class _Session:
     """One connection: the protocol object, the outbox, the sender loop and the reader."""
 
@@ -542,6 +651,8 @@ class _Session:
         self.close_code: int | None = None
         self.ws_ping_s: float | None = None
         self.ws_pong: asyncio.Future[float] | None = None
+        self.playout = Playout()
+        self.back = _AudioBackLog(options.keep_audio)
 
     # -- the whole session ----------------------------------------------------------------
 
@@ -620,6 +731,7 @@ class _Session:
                 self._record(self.proto.timer(now_s))
                 self._take(now_s)
             self._finish_if_due(now_s)
+            self._playout_due(now_s)
             await self._flush(loop)
             if self.ws_ping_s is not None and self.ws_ping_s <= now_s:
                 await self._ws_ping(loop)
@@ -628,7 +740,12 @@ class _Session:
             await self._sleep(loop, self._next_wake_s())
 
     def _next_wake_s(self) -> float | None:
-        candidates = [self.outbox.head_due_s(), self.proto.next_deadline_s(), self.ws_ping_s]
+        candidates = [
+            self.outbox.head_due_s(),
+            self.proto.next_deadline_s(),
+            self.ws_ping_s,
+            self.playout.next_due_s(),
+        ]
         if self.ready_s is not None and self.next_seq < self.total_frames:
             candidates.append(self.ready_s + self.next_seq * self.frame_ms / 1000.0)
         if self.ready_s is not None and not self.resume_done:
@@ -853,6 +970,42 @@ class _Session:
                 self._fail(event.kind, event.detail)
             elif isinstance(event, StreamSignal) and event.kind == "disconnect":
                 self._on_disconnect(str(event.info.get("reason", "")))
+            elif isinstance(event, AudioFrame):
+                self._audio_back(event.payload, event.arrival_s)
+            elif isinstance(event, StreamSignal):
+                self._signal_back(event)
+
+    # -- the server's audio, played as the platform would ---------------------------------
+
+    def _audio_back(self, payload: bytes, arrival_s: float) -> None:
+        started_s = arrival_s if self.ready_s is None else self.ready_s
+        self.back.add(payload, arrival_s - started_s)
+        if self.playout.audio(len(payload), arrival_s) and isinstance(
+            self.proto, AudioConnectorDialect
+        ):
+            self.proto.playback_started()
+
+    def _signal_back(self, event: StreamSignal) -> None:
+        if event.kind == "media":
+            self._audio_back(event.info["payload"], event.arrival_s)
+        elif event.kind == "mark":
+            self.playout.mark(str(event.info.get("name", "")), event.arrival_s)
+        elif event.kind in ("clear", "barge_in"):
+            self.back.clears += 1
+            self._echo(self.playout.clear(event.arrival_s))
+
+    def _playout_due(self, now_s: float) -> None:
+        """Echo the marks whose audio has played; report a finished stretch of bot audio."""
+        self._echo(self.playout.marks_due(now_s))
+        if self.playout.stretch_over(now_s) and isinstance(self.proto, AudioConnectorDialect):
+            self.proto.playback_completed()
+        self._take(now_s)
+
+    def _echo(self, names: list[str]) -> None:
+        for name in names:
+            if isinstance(self.proto, TwilioDialect) and self.proto.state == "streaming":
+                self.proto.send_mark(name)
+                self.back.marks.append(name)
 
     def _on_disconnect(self, reason: str) -> None:
         self.disconnect_reason = reason
@@ -905,6 +1058,7 @@ class _Session:
             received=dict(self.received),
             send_lag=self.send_lag,
             loop_lag=self.loop_lag,
+            server_audio=self.back.frozen(),
         )
 
     # -- the upgrade -------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from ..plugins import PluginHost
 from ..runtime import Runtime
 from ..serve_status import ServeStatus
 from .config import API_KEYS_ENV, SERVE_DIALECTS, TWILIO_TOKEN_ENV, ServeOptions, load_credentials
+from .prompt import PromptPlayer, check_prompt_dialect, load_prompt
 from .report import SummaryWriter
 from .shell import InboundServer
 from .workers import parse_workers, worker_role
@@ -46,6 +47,7 @@ examples:
   jitterline serve --dialect audiohook --port 8080 --json sessions.jsonl
   jitterline serve --dialect twilio --port 8080 --path /twilio \\
       --public-url wss://voice.example.com --host 0.0.0.0
+  jitterline serve --dialect audioconnector --prompt welcome.wav   # a prompt per caller
   curl -i http://127.0.0.1:8080/health      # 200, 503 while draining
   jitterline serve --workers auto --port 8080 --worker-port 9000 --metrics-port 9100 \\
       --drain-grace 3600    # one worker per core; kill -HUP <parent> = rolling restart
@@ -118,6 +120,23 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--status-sessions", action="store_true", help="a status line per running session"
     )
+    _add_prompt_option(parser)
+
+
+def _add_prompt_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--prompt",
+        metavar="FILE.wav",
+        help="play this 16-bit WAV to every caller once the stream opens (audioconnector, twilio)",
+    )
+
+
+def _register_prompt(args: argparse.Namespace, host: PluginHost, dialect: str) -> None:
+    """``--prompt``: loaded and checked before listening, played by a plugin of our own."""
+    if getattr(args, "prompt", None) is None:
+        return
+    check_prompt_dialect(dialect)
+    host.register(PromptPlayer(load_prompt(args.prompt)), name="serve-prompt")
 
 
 def serve_options(args: argparse.Namespace) -> ServeOptions:
@@ -137,6 +156,7 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         keyfile=args.keyfile,
     )
     options.check_exposure()
+    _register_prompt(args, host, options.dialect)
     checks.number("--status-every", args.status_every, low=0.0, above=True, unit="s")
     checks.number("--linger", args.linger, low=0.0, unit="s")
     return options
