@@ -136,7 +136,7 @@ def _why(name: str) -> str:
 _STATIONARY = (
     "stationary jitter: no calm stretch to run short in, and the oracle's one fixed delay is"
     " the hindsight optimum, which a causal policy can only approach: its first 2 s (the"
-    " largest delay seen, then a quantile of few frames) cost 0.3-0.8 % of the mean delay,"
+    " largest delay seen, then a quantile of few frames) cost 0.1-0.5 % of the mean delay,"
     " and a quantile estimated from 20 s of correlated jitter moves, which costs delay at"
     " a given late rate (late loss is convex in the delay). Bound: choosing each frame's"
     " delay from its predecessor's, with the late budget spent in hindsight, saves 0.7-3.9 %;"
