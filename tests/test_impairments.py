@@ -331,8 +331,8 @@ def test_pausing_a_stream_that_has_not_started_is_refused() -> None:
 
 
 def test_offline_mode_must_be_skip_or_pause() -> None:
-    assert PROFILES["flaky-resume"].offline == "pause"
-    assert replace(PROFILES["flaky-resume"], offline="skip") == PROFILES["flaky"]
+    assert PROFILES["flaky-pause"].offline == "pause"
+    assert replace(PROFILES["flaky-pause"], offline="skip") == PROFILES["flaky"]
     with pytest.raises(ConfigError, match="offline='wait'"):
         Impairments(offline="wait")  # type: ignore[arg-type]
 

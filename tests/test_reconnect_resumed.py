@@ -42,7 +42,7 @@ def test_three_drops_from_a_server_that_resumes_its_sequence_lose_no_audio() -> 
     host = PluginHost(load_entrypoints=False, plugins=[log, heard])
     config = PipelineConfig(buffer_policy=LOGGED_POLICY)
     # Drops at 5, 10 and 15 s of stream time; the server holds the stream meanwhile.
-    drops = replace(PROFILES["flaky-resume"], disconnect_every_s=5.0, max_disconnects=3)
+    drops = replace(PROFILES["flaky-pause"], disconnect_every_s=5.0, max_disconnects=3)
 
     with Emulator(drops, seed=3, duration_s=DURATION_S) as emu:
         options = SessionOptions(

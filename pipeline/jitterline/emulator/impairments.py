@@ -369,7 +369,7 @@ _PROFILE_LIST = (
 PROFILES: Mapping[str, Impairments] = MappingProxyType(
     dict(
         zip(
-            ("clean", "wifi", "congested", "lossy", "slow-server", "flaky", "flaky-resume"),
+            ("clean", "wifi", "congested", "lossy", "slow-server", "flaky", "flaky-pause"),
             _PROFILE_LIST,
             strict=True,
         )
@@ -378,5 +378,5 @@ PROFILES: Mapping[str, Impairments] = MappingProxyType(
 """Named profiles, tuned against the CLI's diagnosis thresholds (loss >= 3 %, RFC 3550
 jitter >= 20 ms, server delay >= 150 ms): clean diagnoses healthy, wifi and congested
 network jitter, lossy and flaky loss (flaky's frames due while reconnecting never arrive),
-slow-server server delay; flaky-resume loses nothing (its frames come back late, after
+slow-server server delay; flaky-pause loses nothing (its frames come back late, after
 each reconnect). Each profile's ``description`` says what it models."""
