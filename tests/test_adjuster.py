@@ -234,40 +234,68 @@ def feed_goal(policy: GoalPolicy, delays: list[float], start: int = 0) -> float:
 
 
 def test_goal_holds_the_quantile_that_keeps_late_loss_at_its_goal() -> None:
-    # 2 % of frames at 40 ms: a 1 % goal must cover them, a 5 % goal need not.
-    strict, loose = GoalPolicy(), GoalPolicy(late_goal=0.05, late_cost_ms=0.0)
-    assert feed_goal(strict, steady_delays(1000)) == 40.0 + 1.0  # plus the 1 ms margin
-    assert feed_goal(loose, steady_delays(1000)) == 9.0 + 1.0
+    # 2 % of frames at 40 ms: a 0.9 % goal must cover them, a 5 % goal need not.
+    strict = GoalPolicy(correction_step_ms=0.0)
+    loose = GoalPolicy(late_goal=0.05, correction_step_ms=0.0)
+    assert feed_goal(strict, steady_delays(1000)) == 40.0
+    assert feed_goal(loose, steady_delays(1000)) == 9.0
 
 
-def test_goal_starts_at_its_start_target_and_covers_the_largest_delay_while_warming_up() -> None:
-    policy = GoalPolicy(start_ms=60.0)
-    assert policy.update(measure(0.0, relative_delay_ms=0.0)) == 60.0
-    assert policy.update(measure(0.02, relative_delay_ms=55.0)) == 75.0  # 55 + one frame
+def feed_outcomes(policy: GoalPolicy, count: int, late_every: int = 0) -> float:
+    """``steady_delays``, every ``late_every``-th frame reported late by the buffer."""
+    target = 0.0
+    for i, delay_ms in enumerate(steady_delays(count)):
+        late = late_every > 0 and i % late_every == late_every - 1
+        outcome: ArrivalOutcome = "late" if late else "buffered"
+        target = policy.update(measure(i * 0.02, relative_delay_ms=delay_ms, outcome=outcome))
+    return target
+
+
+def test_goal_corrects_its_quantile_by_the_late_rate_the_buffer_reports() -> None:
+    step_down_ms = 0.5 * 0.009 / 0.991  # per frame on time, so that 0.9 % late balances
+    # None late: the quantile is more than the goal asks for; it comes down, but by at
+    # most 20 ms however long the calm lasts.
+    calm = GoalPolicy()
+    assert feed_outcomes(calm, 1000) == pytest.approx(40.0 - 1000 * step_down_ms)
+    assert feed_outcomes(calm, 10_000) == 40.0 - 20.0
+    # 3 % late, over three times the goal: the target climbs above the quantile.
+    assert feed_outcomes(GoalPolicy(), 1000, late_every=33) > 40.0 + 5.0
+
+
+def test_goal_runs_short_once_the_last_three_seconds_were_calm() -> None:
+    policy = GoalPolicy(correction_step_ms=0.0)
+    stormy = [100.0 if i % 20 == 0 else 0.0 for i in range(500)]
+    assert feed_goal(policy, stormy) == 100.0
+    # 150 frames of 0..9 ms: the 20 s window still holds 100 ms, the last 3 s do not.
+    calm = [float(i * 7 % 10) for i in range(150)]
+    assert feed_goal(policy, calm, start=500) == 9.0 + 10.0
 
 
 def test_goal_lifts_the_target_at_once_on_a_late_frame_then_lets_it_decay() -> None:
-    policy = GoalPolicy(late_goal=0.05, late_cost_ms=0.0)
+    policy = GoalPolicy(late_goal=0.05, correction_step_ms=0.0)
     base = feed_goal(policy, steady_delays(1000))
-    assert base == 10.0
+    assert base == 9.0
     lifted = policy.update(measure(20.0, relative_delay_ms=30.0, outcome="late"))
     assert lifted == 31.0  # its delay plus the margin, not a window's worth of evidence
     later = feed_goal(policy, steady_delays(500, start=1001), start=1001)
     assert later == base  # ten half-lives on
 
 
-def test_goal_stays_a_frame_ahead_of_a_ramp() -> None:
-    policy = GoalPolicy()
+def test_goal_stays_a_frame_ahead_of_a_ramp_but_not_of_one_slow_frame() -> None:
+    policy = GoalPolicy(correction_step_ms=0.0)
     feed_goal(policy, steady_delays(1000))
+    assert policy.update(measure(20.0, relative_delay_ms=41.0)) < 41.0 + 20.0  # a tail draw
+    feed_goal(policy, steady_delays(20, start=1001), start=1001)
     targets = [
-        policy.update(measure((1000 + i) * 0.02, relative_delay_ms=41.0 + 0.5 * i))
+        policy.update(measure((1021 + i) * 0.02, relative_delay_ms=42.0 + 0.5 * i))
         for i in range(400)
     ]
-    assert all(t >= 41.0 + 0.5 * i + 20.0 for i, t in enumerate(targets))
+    # From the second record of the run on, a frame ahead of it.
+    assert all(t >= 42.0 + 0.5 * i + 20.0 for i, t in enumerate(targets) if i >= 1)
 
 
 def test_goal_keeps_an_outage_burst_out_of_its_window() -> None:
-    policy = GoalPolicy()
+    policy = GoalPolicy(correction_step_ms=0.0)
     base = feed_goal(policy, steady_delays(1000))
     # 2 s without audio, then the held frames all at once, 2000 ms down to 0 ms late.
     policy.update(measure(22.0, relative_delay_ms=2000.0, interarrival_ms=2000.0))
@@ -276,12 +304,22 @@ def test_goal_keeps_an_outage_burst_out_of_its_window() -> None:
     assert feed_goal(policy, steady_delays(50, start=1100), start=1100) == base
 
 
+def test_goal_late_floor_holds_through_an_outage() -> None:
+    """A stall of 300 ms: its first frame is late, and the burst behind it must play."""
+    policy = GoalPolicy(correction_step_ms=0.0)
+    feed_goal(policy, steady_delays(1000))
+    stalled = measure(20.0, relative_delay_ms=300.0, interarrival_ms=300.0, outcome="late")
+    assert policy.update(stalled) == 301.0
+    assert policy.update(measure(20.0005, relative_delay_ms=280.0)) >= 280.0
+
+
 @pytest.mark.parametrize(
     ("options", "named"),
     [
         ({"late_goal": 0.0}, "late_goal"),
         ({"window_frames": 0}, "window_frames"),
-        ({"late_cost_ms": -1.0}, "late_cost_ms"),
+        ({"calm_frames": 0}, "calm_frames"),
+        ({"correction_step_ms": -1.0}, "correction_step_ms"),
         ({"late_half_life_frames": 0.0}, "late_half_life_frames"),
         ({"outage_gap_ms": 0.0}, "outage_gap_ms"),
     ],

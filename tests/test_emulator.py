@@ -282,6 +282,27 @@ def test_drop_connections_cuts_the_client_and_the_stream_goes_on_live(net: Loopb
     assert counters.connections == 2
 
 
+def test_a_pausing_server_resumes_the_sequence_where_the_dropped_client_left_it(
+    net: Loopback,
+) -> None:
+    emulator = net.start(replace(PROFILES["clean"], offline="pause"), duration_s=1.0)
+    client = net.open_stream(emulator)
+    before = [json.loads(client.recv())["payload"]["seq"] for _ in range(5)]
+    assert emulator.drop_connections() == 1
+    before += frame_seqs_until_dropped(client)
+    time.sleep(0.2)  # ten frame times pass with nobody listening
+    again = net.open_stream(emulator, "call-1")
+    after, code, _ = read_until_close(again)
+
+    seqs = before + [json.loads(text)["payload"]["seq"] for text in after]
+    assert seqs == list(range(50))  # nothing skipped, nothing sent twice
+    assert code == 1000
+    counters = emulator.counters
+    assert counters.pauses == 1 and counters.forced_disconnects == 1
+    assert counters.frames_sent == counters.frames_generated == 50
+    assert counters.frames_dropped == 0
+
+
 def test_scheduled_disconnect_drops_the_connection_mid_stream(net: Loopback) -> None:
     impairments = Impairments(disconnect_every_frames=10, max_disconnects=1)
     emulator = net.start(impairments, duration_s=2.0)

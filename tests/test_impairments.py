@@ -296,6 +296,47 @@ def test_duplicate_copy_follows_within_one_frame_time() -> None:
         assert 0.0 <= dup.due_s - firsts[dup.seq].due_s <= FRAME_MS / 1000.0
 
 
+def test_paused_stream_resumes_with_the_next_frame_as_much_later_as_the_pause_lasted() -> None:
+    """offline="pause": frames released but not delivered go back; after the pause the
+    sequence and the capture timestamps carry on where they stopped."""
+    stream = make_stream(PROFILES["clean"], total_frames=20)
+    stream.start(100.0, 1_700_000_000.0)
+    before = stream.advance(100.105)  # frames 0..5 captured, 0..4 sent (1 ms network)
+    delivered, unsent = before[:3], before[3:]
+    stream.pause(100.105, unsent)
+    stream.pause(100.5)  # pausing again keeps the first time
+
+    assert stream.paused and stream.next_due_s() is None
+    assert stream.advance(1e9) == [] and stream.frames_generated == 6
+    stream.resume(102.105)  # away for 2 s
+    assert not stream.paused
+    after: list[Outgoing] = []
+    now = 102.105
+    while not stream.finished and now < 110.0:
+        after.extend(stream.advance(now))
+        now += 0.005
+
+    assert [item.seq for item in delivered + after] == list(range(20))
+    for item in after:
+        assert item.due_s == pytest.approx(100.0 + item.seq * 0.02 + 0.001 + 2.0)
+        frame = parse(item.text)
+        assert frame.capture_wall_s == pytest.approx(1_700_000_000.0 + item.seq * 0.02)
+    stream.resume(120.0)  # not paused: nothing moves
+    assert stream.finished
+
+
+def test_pausing_a_stream_that_has_not_started_is_refused() -> None:
+    with pytest.raises(ConfigError, match="not started"):
+        make_stream(PROFILES["clean"]).pause(0.0)
+
+
+def test_offline_mode_must_be_skip_or_pause() -> None:
+    assert PROFILES["flaky-pause"].offline == "pause"
+    assert replace(PROFILES["flaky-pause"], offline="skip") == PROFILES["flaky"]
+    with pytest.raises(ConfigError, match="offline='wait'"):
+        Impairments(offline="wait")  # type: ignore[arg-type]
+
+
 # -- audio sources ----------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from reactivex import operators as ops
 from reactivex.notification import OnNext
 from reactivex.testing import ReactiveTest, TestScheduler
 
+from jitter_testkit import LOGGED_POLICY, TargetLog, first_real_after, wait_ms
 from jitterline import (
     Alert,
     AudioFrame,
@@ -32,7 +33,7 @@ from jitterline import (
     hookimpl,
     stages,
 )
-from jitterline.frames import ArrivalMeasure, Event, StreamInfo
+from jitterline.frames import ArrivalMeasure, ConnectionEvent, Event, StreamInfo
 from jitterline.protocols import DialectFactory, Role, twilio
 from jitterline.protocols.appfoundry import AppFoundryDialect, audio_chunk_message
 
@@ -43,8 +44,9 @@ PCMU_SILENCE_20MS = b"\x7f" * 160
 FIXED_60 = PipelineConfig(buffer_policy="fixed", buffer_ms=60.0)
 
 
-def chunk(seq: int) -> str:
-    capture = 1_700_000_000.0 + seq * FRAME_S
+def chunk(seq: int, *, media_seq: int | None = None) -> str:
+    """Frame ``seq``, captured at slot ``media_seq`` (default ``seq``) of the sender's clock."""
+    capture = 1_700_000_000.0 + (seq if media_seq is None else media_seq) * FRAME_S
     return audio_chunk_message(
         PCMU_SILENCE_20MS, seq=seq, capture_wall_s=capture, sent_wall_s=capture, codec="PCMU"
     )
@@ -67,7 +69,7 @@ def scripted_network() -> list[tuple[float, str]]:
 
 
 def run(
-    arrivals: list[tuple[float, str]],
+    arrivals: list[tuple[float, str]] | list[tuple[float, str | ConnectionEvent]],
     end_s: float,
     *,
     host: PluginHost | None = None,
@@ -76,7 +78,10 @@ def run(
 ) -> list[tuple[float, AudioFrame | Stats]]:
     scheduler = TestScheduler()
     # The stubs say int ticks; TestScheduler takes float seconds, which 20 ms frames need.
-    records = [ReactiveTest.on_next(t, Message(text, arrival_s=t)) for t, text in arrivals]  # type: ignore[arg-type]
+    records = [
+        ReactiveTest.on_next(t, Message(item, arrival_s=t) if isinstance(item, str) else item)  # type: ignore[arg-type]
+        for t, item in arrivals
+    ]
     source = scheduler.create_hot_observable(*records, ReactiveTest.on_completed(end_s))  # type: ignore[arg-type]
     host = host or PluginHost(load_entrypoints=False)
 
@@ -206,6 +211,68 @@ def test_the_adjusters_targets_flow_back_into_the_buffer_as_an_observable() -> N
     assert offsets[0] == pytest.approx(0.06)
     assert offsets[-1] > 0.15  # glided toward 200 ms
     assert all(b >= a - 1e-9 for a, b in itertools.pairwise(offsets))
+
+
+Scenario = tuple[list[tuple[float, str | ConnectionEvent]], float]
+
+
+def on_time(seqs: range, *, held_s: float = 0.0) -> list[tuple[float, str | ConnectionEvent]]:
+    return [(START_S + seq * FRAME_S + held_s, chunk(seq)) for seq in seqs]
+
+
+def reconnect_resumed(held_s: float) -> Scenario:
+    """The connection drops at 2 s; the server waits and, ``held_s`` later, resumes the
+    sequence (and its media clock) where it stopped. Under the buffer's ``outage_ms`` only
+    the reconnect itself says that the frames are not late."""
+    back_s = START_S + 100 * FRAME_S + held_s - 0.01
+    return [
+        (START_S - 0.1, ConnectionEvent("connected", START_S - 0.1, attempt=1)),
+        *on_time(range(100)),
+        (START_S + 2.0, ConnectionEvent("disconnected", START_S + 2.0, attempt=1)),
+        (back_s, ConnectionEvent("connected", back_s, attempt=2)),
+        *on_time(range(100, 300), held_s=held_s),
+    ], back_s
+
+
+def sequence_restart() -> Scenario:
+    """At 4 s the sender numbers from 0 again; its clock runs on."""
+    restart_s = START_S + 200 * FRAME_S
+    restarted = [
+        (START_S + (200 + seq) * FRAME_S, chunk(seq, media_seq=200 + seq)) for seq in range(100)
+    ]
+    return [*on_time(range(200)), *restarted], restart_s
+
+
+def outage() -> Scenario:
+    """A handover: what was sent from 2 s to 4 s is held and arrives in one burst at 4 s."""
+    burst_s = START_S + 200 * FRAME_S
+    burst = [(burst_s + (seq - 100) * 0.0005, chunk(seq)) for seq in range(100, 200)]
+    return [*on_time(range(100)), *burst, *on_time(range(200, 300))], burst_s
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [lambda: reconnect_resumed(0.3), lambda: reconnect_resumed(3.0), sequence_restart, outage],
+    ids=["reconnect-resumed-0.3s", "reconnect-resumed-3s", "sequence-restart", "outage"],
+)
+def test_after_a_discontinuity_the_first_frame_plays_within_its_target_plus_a_frame(
+    scenario: Callable[[], Scenario],
+) -> None:
+    """The whole chain with the default policy: whatever the kind of discontinuity, audio is
+    back at once (the buffer re-anchors), not after seconds of frames counted late."""
+    log = TargetLog()
+    host = PluginHost(load_entrypoints=False, plugins=[log])
+    config = PipelineConfig(buffer_policy=LOGGED_POLICY)
+    arrivals, discontinuity_s = scenario()
+    end_s = max(t for t, _ in arrivals) + 1.0
+
+    output = run(arrivals, end_s=end_s, host=host, config=config)
+
+    first = first_real_after(played(output), discontinuity_s)
+    assert wait_ms(first) <= log.met_ms(first, config) + FRAME_S * 1000
+    counts = final_stats(output).frames
+    assert counts.late <= 1  # at most the frame that found its slot gone (the outage's)
+    assert counts.balanced
 
 
 class Recorder:

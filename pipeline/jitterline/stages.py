@@ -582,7 +582,6 @@ class _Buffer(_Stage):
             conceal="repeat" if config.conceal == "repeat" else "silence",  # "speech": conceal()
         )
         self._malformed = 0
-        self._connections = 0
         self._ended = False
         self._timer = SerialDisposable()
         self._timer_due: float | None = None
@@ -609,9 +608,9 @@ class _Buffer(_Stage):
         elif isinstance(item, StreamResumed):
             self._emit_all(self.buffer.resume(item.arrival_s))
         elif isinstance(item, ConnectionEvent) and item.kind == "connected":
-            self._connections += 1
-            if self._connections > 1:  # a reconnect: the sender may resume or skip
-                self._emit_all(self.buffer.discontinuity(item.at_s))
+            # A reconnect: the sender may resume or skip. Not counted, since a channel's
+            # chain starts after the first connect; before any frame it changes nothing.
+            self._emit_all(self.buffer.discontinuity(item.at_s))
         self._schedule()
         self.emit(item)
 

@@ -34,11 +34,13 @@ __all__ = [
     "Impairments",
     "JitterDistribution",
     "MalformedKind",
+    "OfflineMode",
 ]
 
 JitterDistribution: TypeAlias = Literal["exponential", "pareto"]
 MalformedKind: TypeAlias = Literal["bad_base64", "unknown_format", "missing_fields", "non_json"]
 HandshakeVerdict: TypeAlias = Literal["reject_401", "rate_limit_429", "accept"]
+OfflineMode: TypeAlias = Literal["skip", "pause"]
 
 MALFORMED_KINDS: tuple[MalformedKind, ...] = (
     "bad_base64",
@@ -91,6 +93,13 @@ class Impairments:
     connection abruptly, at most ``max_disconnects`` times (None: no limit). Handshakes
     1..``reject_first_handshakes`` get HTTP 401, the next ``rate_limit_handshakes`` get
     HTTP 429 with ``Retry-After: retry_after_s``.
+
+    ``offline`` is what the server does while no client is streaming. ``skip`` (a live
+    source): the stream runs on, and frames due meanwhile are never sent. ``pause`` (a
+    server that holds its audio for the listener, as many do): the stream stops where it
+    is, and when a client streams again it resumes with the next frame, its sequence and
+    media clock carried on, not restarted; the frames then arrive an outage later than
+    their media time, which is what a jitter buffer must recover from at once.
     """
 
     base_delay_ms: float = 2.0
@@ -111,6 +120,7 @@ class Impairments:
     reject_first_handshakes: int = 0
     rate_limit_handshakes: int = 0
     retry_after_s: float = 1.0
+    offline: OfflineMode = "skip"
     description: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -125,6 +135,11 @@ class Impairments:
             raise ConfigError(
                 f"jitter_distribution={self.jitter_distribution!r} is not 'exponential' or "
                 "'pareto'; use 'pareto' for a heavy tail"
+            )
+        if self.offline not in ("skip", "pause"):
+            raise ConfigError(
+                f"offline={self.offline!r} is not 'skip' or 'pause'; use 'pause' for a server "
+                "that resumes its sequence after a reconnect"
             )
         self._check_disconnects()
 
@@ -340,12 +355,21 @@ _PROFILE_LIST = (
         description="flaky link: clean otherwise, but the connection drops abruptly every "
         "2 s of stream time, 3 times; frames due while reconnecting are lost (live stream)",
     ),
+    Impairments(
+        base_delay_ms=2.0,
+        jitter_ms=1.0,
+        disconnect_every_s=2.0,
+        max_disconnects=3,
+        offline="pause",
+        description="flaky link to a server that waits: the drops of flaky, but the server "
+        "pauses while the client is away and resumes the sequence where it stopped",
+    ),
 )
 
 PROFILES: Mapping[str, Impairments] = MappingProxyType(
     dict(
         zip(
-            ("clean", "wifi", "congested", "lossy", "slow-server", "flaky"),
+            ("clean", "wifi", "congested", "lossy", "slow-server", "flaky", "flaky-pause"),
             _PROFILE_LIST,
             strict=True,
         )
@@ -354,4 +378,5 @@ PROFILES: Mapping[str, Impairments] = MappingProxyType(
 """Named profiles, tuned against the CLI's diagnosis thresholds (loss >= 3 %, RFC 3550
 jitter >= 20 ms, server delay >= 150 ms): clean diagnoses healthy, wifi and congested
 network jitter, lossy and flaky loss (flaky's frames due while reconnecting never arrive),
-slow-server server delay. Each profile's ``description`` says what it models."""
+slow-server server delay; flaky-pause loses nothing (its frames come back late, after
+each reconnect). Each profile's ``description`` says what it models."""

@@ -14,10 +14,12 @@ token is bad or the impairments ask for it. Each connection has its own server-r
 ``AppFoundryDialect``: it answers the client's ``initialize`` with its own, then audio flows
 through it. There is one live stream per emulator:
 the first ``initialize`` starts its clock, and a client that reconnects joins it where it
-is now, having missed what was sent meanwhile. When ``duration_s`` is over and the last
-frame is out, every connection is closed with 1000 "stream complete", and a later
-connection is accepted and closed the same way at once (a normal end, so a well-behaved
-client does not retry).
+is now, having missed what was sent meanwhile; or, with ``Impairments.offline="pause"``,
+the stream pauses whenever no client is streaming and the next ``initialize`` resumes it
+with the frame after the last one delivered (``LiveStream.pause``). When ``duration_s``
+is over and the last frame is out, every connection is closed with 1000 "stream
+complete", and a later connection is accepted and closed the same way at once (a normal
+end, so a well-behaved client does not retry).
 """
 
 from __future__ import annotations
@@ -87,9 +89,11 @@ class EmulatorCounters:
 
     ``frames_dropped`` counts generated frames that were never sent for any reason:
     ``frames_lost`` (the impairment model's loss) plus frames due while no client was
-    streaming. Once the stream is complete, ``frames_generated == frames_sent +
-    frames_dropped``. ``forced_disconnects`` counts connections dropped abruptly, by the
-    ``disconnect_every_*`` impairment or by ``drop_connections()``.
+    streaming (none with ``offline="pause"``, which holds them instead). Once the stream
+    is complete, ``frames_generated == frames_sent + frames_dropped``.
+    ``forced_disconnects`` counts connections dropped abruptly, by the
+    ``disconnect_every_*`` impairment or by ``drop_connections()``; ``pauses`` how often
+    the stream paused for want of a listener (``offline="pause"``).
     """
 
     token_requests: int = 0
@@ -105,6 +109,7 @@ class EmulatorCounters:
     frames_lost: int = 0
     duplicates_sent: int = 0
     malformed_sent: int = 0
+    pauses: int = 0
 
 
 _LOOP_COUNTERS = (
@@ -117,6 +122,7 @@ _LOOP_COUNTERS = (
     "frames_offline",
     "duplicates_sent",
     "malformed_sent",
+    "pauses",
 )
 
 
@@ -211,6 +217,7 @@ class Emulator:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested: asyncio.Event | None = None
         self._stream_started: asyncio.Event | None = None
+        self._resumed: asyncio.Event | None = None
         self._open: set[ServerConnection] = set()
         self._streaming: dict[ServerConnection, AppFoundryDialect] = {}
 
@@ -304,6 +311,7 @@ class Emulator:
             frames_lost=lost,
             duplicates_sent=counts["duplicates_sent"],
             malformed_sent=counts["malformed_sent"],
+            pauses=counts["pauses"],
         )
 
     @property
@@ -355,6 +363,7 @@ class Emulator:
         self._loop = asyncio.get_running_loop()
         self._stop_requested = asyncio.Event()
         self._stream_started = asyncio.Event()
+        self._resumed = asyncio.Event()
         async with serve(
             self._handle,
             self._host,
@@ -421,6 +430,7 @@ class Emulator:
         finally:
             self._open.discard(connection)
             self._streaming.pop(connection, None)
+            self._hold()
 
     async def _on_text(
         self, connection: ServerConnection, protocol: AppFoundryDialect, text: str
@@ -439,25 +449,36 @@ class Emulator:
             self._stream.start(loop.time(), time.time())
             self._stream_started.set()
         self._streaming[connection] = protocol
+        if self._stream.paused and self._resumed is not None:
+            self._stream.resume(loop.time())
+            self._resumed.set()
+            logger.info("emulator stream resumed after %d frames", self._stream.frames_generated)
 
     async def _pump(self) -> None:
         """Releases the stream's messages at their send times, on the loop's monotonic clock."""
-        assert self._stream_started is not None
+        assert self._stream_started is not None and self._resumed is not None
         await self._stream_started.wait()
         loop = asyncio.get_running_loop()
         while not self._stream.finished:
             await self._deliver(self._stream.advance(loop.time()))
+            if self._stream.paused:
+                await self._resumed.wait()
+                continue
             due_s = self._stream.next_due_s()
             if due_s is not None:
                 await asyncio.sleep(max(0.0, due_s - loop.time()))
         await self._complete_stream()
 
     async def _deliver(self, items: list[Outgoing]) -> None:
-        for item in items:
+        for index, item in enumerate(items):
+            if self._hold(items[index:]):
+                return
             if item.kind == "disconnect":
                 self._drop_all()
                 continue
             delivered = await self._broadcast(item)
+            if not delivered and self._hold(items[index:]):
+                return
             if item.kind == "frame":
                 self._tally.add("frames_sent" if delivered else "frames_offline")
             elif delivered:
@@ -493,7 +514,25 @@ class Emulator:
         if victims:
             self._tally.add("forced_disconnects", len(victims))
             logger.info("emulator dropped %d connection(s) abruptly", len(victims))
+        self._hold()
         return len(victims)
+
+    def _hold(self, unsent: list[Outgoing] | None = None) -> bool:
+        """``offline="pause"``: with nobody streaming, pause the stream (from now) and put
+        ``unsent`` back; True when the caller must deliver nothing more now."""
+        stream, loop, resumed = self._stream, self._loop, self._resumed
+        if self.impairments.offline != "pause" or self._streaming or loop is None:
+            return False
+        if not stream.started or resumed is None or (stream.finished and not unsent):
+            return False
+        if not stream.paused:
+            self._tally.add("pauses")
+            logger.info(
+                "emulator stream paused after %d frames: nobody streaming", stream.frames_generated
+            )
+        stream.pause(loop.time(), unsent or ())
+        resumed.clear()
+        return True
 
     async def _complete_stream(self) -> None:
         self._complete.set()

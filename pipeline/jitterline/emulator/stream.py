@@ -3,7 +3,11 @@
 ``LiveStream`` is given the time (``now_s``, monotonic seconds) and hands back the messages
 due by then, in send-time order; the server only moves them to whoever is connected. Frame
 ``i`` is captured at ``t0 + i * frame_ms`` whether or not a client is there (the stream is
-live), so a frame due while nobody listens is simply not delivered.
+live), so a frame due while nobody listens is simply not delivered, unless the server
+``pause``s the stream while nobody listens (``Impairments.offline="pause"``): then the
+capture clock stops, what was released but not delivered is put back, and ``resume`` moves
+every time still ahead (captures, queued sends) later by the pause. The capture timestamps
+(the media clock) are not moved: like the sequence, they carry on where they stopped.
 
 A frame's send time is capture + processing + network delay (``FrameFate``), and messages are
 released in send-time order, so a large jitter draw on one frame really lets later frames
@@ -23,8 +27,8 @@ from __future__ import annotations
 import heapq
 import json
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, replace
 from typing import Literal, TypeAlias
 
 import numpy as np
@@ -96,12 +100,17 @@ class LiveStream:
         self._next_seq = 0
         self._queue: list[tuple[float, int, Outgoing]] = []
         self._pushed = 0
+        self._paused_at_s: float | None = None
         self.frames_generated = 0
         self.frames_lost = 0
 
     @property
     def started(self) -> bool:
         return self._t0_s is not None
+
+    @property
+    def paused(self) -> bool:
+        return self._paused_at_s is not None
 
     @property
     def finished(self) -> bool:
@@ -129,8 +138,9 @@ class LiveStream:
         return self._t0_s + seq * self._frame_s
 
     def next_due_s(self) -> float | None:
-        """When ``advance`` will next have something to do; None if never (or not started)."""
-        if self._t0_s is None or self.finished:
+        """When ``advance`` will next have something to do; None if never (or not started,
+        or paused)."""
+        if self._t0_s is None or self.finished or self.paused:
             return None
         candidates = [self._queue[0][0]] if self._queue else []
         if not self._all_generated:
@@ -138,8 +148,9 @@ class LiveStream:
         return min(candidates)
 
     def advance(self, now_s: float) -> list[Outgoing]:
-        """Capture every frame due by ``now_s``, then release every message due by then."""
-        if self._t0_s is None:
+        """Capture every frame due by ``now_s``, then release every message due by then
+        (nothing while paused)."""
+        if self._t0_s is None or self.paused:
             return []
         while not self._all_generated and self.capture_s(self._next_seq) <= now_s:
             samples = next(self._audio, None)
@@ -152,6 +163,31 @@ class LiveStream:
         while self._queue and self._queue[0][0] <= now_s:
             released.append(heapq.heappop(self._queue)[2])
         return released
+
+    def pause(self, now_s: float, unsent: Iterable[Outgoing] = ()) -> None:
+        """Stop the stream at ``now_s`` (pausing again keeps the first time); ``unsent``
+        are messages ``advance`` released that nobody received: they go back in the queue
+        with their send times, to leave first after ``resume``."""
+        if self._t0_s is None:
+            raise ConfigError("the stream has not started; only a started stream pauses")
+        for item in unsent:
+            self._push(item)
+        if self._paused_at_s is None:
+            self._paused_at_s = now_s
+
+    def resume(self, now_s: float) -> None:
+        """Carry on from where ``pause`` stopped: the next frame is captured, and every
+        queued message sent, as much later as the pause lasted (a no-op if not paused)."""
+        if self._paused_at_s is None or self._t0_s is None:
+            return
+        shift_s = max(0.0, now_s - self._paused_at_s)
+        self._paused_at_s = None
+        self._t0_s += shift_s
+        # One shift for all keeps the heap ordered as it was.
+        self._queue = [
+            (due_s + shift_s, pushed, replace(item, due_s=item.due_s + shift_s))
+            for due_s, pushed, item in self._queue
+        ]
 
     def _generate(self, seq: int, samples: Samples) -> None:
         payload = self._encode(samples)
