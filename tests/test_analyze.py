@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from benchmarks.analyze import write_captures
+
 from fuzz_testkit import only_this_checkouts_plugins
 from jitterline.analyze import Progress, expand_captures, scheduler_address
 from jitterline.analyze_report import DISTRIBUTIONS, PERCENTILES, fleet_report
