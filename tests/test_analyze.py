@@ -247,6 +247,16 @@ def test_directories_and_quoted_patterns_expand_to_their_captures_once(calls: Pa
         expand_captures([str(calls / "*.wav")])
 
 
+def test_help_has_examples_and_the_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["analyze", "--help"])
+
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out
+    assert "0 every capture replayed, 1 some failed" in out
+
+
 def test_a_pattern_that_matches_nothing_is_a_usage_error(
     calls: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -183,9 +183,12 @@ class DaskRunner:
     here (``address`` None) or on the cluster whose scheduler is at ``address``; rows come
     back as tasks finish. A task whose worker died is a failed row like any other."""
 
-    def __init__(self, *, workers: int = 0, address: str | None = None) -> None:
+    def __init__(
+        self, *, workers: int = 0, address: str | None = None, shown: str | None = None
+    ) -> None:
         self._dask = _distributed()
         self.address = address
+        self.shown = shown or address
         self.workers = workers
         self.where = "local" if address is None else address
         self._stack = contextlib.ExitStack()
@@ -219,7 +222,7 @@ class DaskRunner:
             return client_type(self.address, timeout=SCHEDULER_TIMEOUT_S, set_as_default=False)
         except (OSError, TimeoutError) as exc:
             raise ConfigError(
-                f"cannot reach the Dask scheduler at --scheduler {self.address!r} ({exc}); "
+                f"cannot reach the Dask scheduler at --scheduler {self.shown!r} ({exc}); "
                 "check that it runs and that HOST:PORT is right"
             ) from None
 
@@ -263,7 +266,7 @@ def _distributed() -> Any:
 
 def _runner(args: argparse.Namespace) -> Runner:
     if args.scheduler is not None:
-        return DaskRunner(address=scheduler_address(args.scheduler))
+        return DaskRunner(address=scheduler_address(args.scheduler), shown=args.scheduler)
     workers = default_workers() if args.workers is None else args.workers
     return SerialRunner() if workers == 0 else DaskRunner(workers=workers)
 
