@@ -257,6 +257,16 @@ def test_help_has_examples_and_the_exit_codes(capsys: pytest.CaptureFixture[str]
     assert "0 every capture replayed, 1 some failed" in out
 
 
+def test_a_json_report_that_would_overwrite_a_capture_is_a_usage_error(
+    calls: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capture = str(calls / "call-00000.jsonl")
+
+    assert main(["analyze", str(calls), "--workers", "0", "--json", capture]) == EXIT_USAGE
+    assert "is one of the captures" in capsys.readouterr().err
+    assert json.loads(Path(capture).read_text().splitlines()[0])["jitterline_capture"] == 1
+
+
 def test_a_pattern_that_matches_nothing_is_a_usage_error(
     calls: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

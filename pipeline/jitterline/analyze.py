@@ -396,6 +396,11 @@ def command(args: argparse.Namespace, host: Any) -> int:
     captures = expand_captures(args.captures)
     report_dir = None if args.report is None else _report_dir(args.report)
     paths = [str(Path(capture).resolve()) for capture in captures]
+    if args.json not in (None, "-") and str(Path(args.json).expanduser().resolve()) in paths:
+        raise ConfigError(
+            f"--json {args.json!r} is one of the captures; the report would overwrite it: "
+            "give the report its own file"
+        )
     task = functools.partial(
         replay_call, disabled=tuple(sorted(host.disabled)), enabled=tuple(args.enable)
     )
