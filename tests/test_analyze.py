@@ -296,8 +296,10 @@ def test_report_dir_holds_markdown_json_and_a_plot(
     calls: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], plugin_env: None
 ) -> None:
     report_dir = tmp_path / "fleet"
+    some = [str(calls / name) for name in ("call-00000.jsonl", "call-00001.jsonl")]
+    corrupt = str(calls / "call-99999.jsonl")
 
-    code = main(["analyze", str(calls), "--workers", "0", "--report", str(report_dir)])
+    code = main(["analyze", *some, corrupt, "--workers", "0", "--report", str(report_dir)])
 
     assert code == EXIT_FAILED
     assert capsys.readouterr().out == ""  # the JSON went to the directory, not stdout
