@@ -274,6 +274,20 @@ def test_a_pattern_that_matches_nothing_is_a_usage_error(
     assert "holds no capture" in capsys.readouterr().err
 
 
+def test_a_cluster_without_workers_is_a_usage_error_not_a_wait_for_ever(
+    calls: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    distributed = pytest.importorskip("dask.distributed")
+    with distributed.LocalCluster(
+        n_workers=0, processes=False, protocol="tcp", dashboard_address=None
+    ) as empty:
+        given = str(empty.scheduler_address).replace("tcp://", "dask://")
+        code = main(["analyze", str(calls / "call-00000.jsonl"), "--scheduler", given])
+
+    assert code == EXIT_USAGE
+    assert f"the Dask cluster at --scheduler {given!r} has no workers" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("given", "address"),
     [

@@ -213,7 +213,12 @@ class DaskRunner:
                 self._client = stack.enter_context(dask.Client(cluster, set_as_default=False))
             else:
                 self._client = stack.enter_context(self._connect(dask.Client))
-                self.workers = len(self._client.scheduler_info()["workers"])
+                self.workers = len(self._client.nthreads())
+                if self.workers == 0:  # the tasks would wait for ever
+                    raise ConfigError(
+                        f"the Dask cluster at --scheduler {self.shown!r} has no workers; "
+                        f"start some (dask worker {self.address}) and run again"
+                    )
             self._stack = stack.pop_all()
         return self
 
