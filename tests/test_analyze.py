@@ -18,7 +18,7 @@ import pytest
 from benchmarks.analyze import write_captures
 
 from fuzz_testkit import only_this_checkouts_plugins
-from jitterline.analyze import Progress, expand_captures, scheduler_address
+from jitterline.analyze import LOCAL_HTTP, Progress, expand_captures, scheduler_address
 from jitterline.analyze_report import DISTRIBUTIONS, PERCENTILES, fleet_report
 from jitterline.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from jitterline.errors import ConfigError
@@ -54,7 +54,7 @@ def cluster(plugin_env: None) -> Iterator[str]:
     module-level objects between concurrent replays); its scheduler's address."""
     distributed = pytest.importorskip("dask.distributed")
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=LOCAL_HTTP
     ) as local:
         yield str(local.scheduler_address)
 
@@ -279,7 +279,7 @@ def test_a_cluster_without_workers_is_a_usage_error_not_a_wait_for_ever(
 ) -> None:
     distributed = pytest.importorskip("dask.distributed")
     with distributed.LocalCluster(
-        n_workers=0, processes=False, protocol="tcp", dashboard_address=None
+        n_workers=0, processes=False, protocol="tcp", dashboard_address=LOCAL_HTTP
     ) as empty:
         given = str(empty.scheduler_address).replace("tcp://", "dask://")
         code = main(["analyze", str(calls / "call-00000.jsonl"), "--scheduler", given])

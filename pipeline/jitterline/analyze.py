@@ -38,6 +38,7 @@ from .errors import ConfigError, JitterlineError
 
 __all__ = [
     "CAPTURE_SUFFIX",
+    "LOCAL_HTTP",
     "DaskRunner",
     "Progress",
     "SerialRunner",
@@ -53,6 +54,11 @@ CAPTURE_SUFFIX = ".jsonl"
 
 FAILURES_SHOWN = 10
 """Failed captures named on stderr; the JSON report lists them all."""
+
+LOCAL_HTTP = "127.0.0.1:0"
+"""Where the local scheduler's HTTP endpoint (metrics, dashboard) listens: a free loopback
+port. ``dashboard_address=None`` would still bind Dask's default 8787, which another
+cluster on the machine may hold already."""
 
 SCHEDULER_TIMEOUT_S = 10.0
 """How long to wait for ``--scheduler`` to answer before calling it unreachable."""
@@ -206,7 +212,7 @@ class DaskRunner:
                         n_workers=self.workers,
                         threads_per_worker=1,
                         processes=True,
-                        dashboard_address=None,
+                        dashboard_address=LOCAL_HTTP,
                         silence_logs=logging.ERROR,
                     )
                 )
