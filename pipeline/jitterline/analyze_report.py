@@ -33,6 +33,7 @@ __all__ = [
     "REPORT_VERSION",
     "WORST_CALLS",
     "fleet_report",
+    "render_json",
     "render_markdown",
     "write_report",
 ]
