@@ -1011,6 +1011,11 @@ def _parser(host: PluginHost) -> argparse.ArgumentParser:
     from . import loadgen
 
     _global_options(loadgen.add_parser(commands))  # -q: no progress lines
+    from . import analyze
+
+    batch = analyze.add_parser(commands)
+    _global_options(batch)  # -q: no progress counter
+    _plugin_switches(batch)
     host.call("jitterline_register_commands", subparsers=commands)
     return parser
 
