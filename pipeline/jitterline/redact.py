@@ -183,9 +183,19 @@ def redact(text: str) -> str:
     lowered = text.lower()
     if not any(trigger in lowered for trigger in _TRIGGERS):
         return text
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
+    # A mask can complete another pattern's match (``"keyid=x`` becomes ``"keyid="***"``,
+    # whose quotes a header's quoted value then spans), so run to a fixed point: what
+    # ``redact`` returns, a second ``redact`` leaves alone.
+    for _ in range(_MAX_PASSES):
+        before = text
+        for pattern, replacement in _PATTERNS:
+            text = pattern.sub(replacement, text)
+        if text == before:
+            break
     return text
+
+
+_MAX_PASSES = 4
 
 
 _SECRET_KEYS = re.compile(
