@@ -156,7 +156,6 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         keyfile=args.keyfile,
     )
     options.check_exposure()
-    _register_prompt(args, host, options.dialect)
     checks.number("--status-every", args.status_every, low=0.0, above=True, unit="s")
     checks.number("--linger", args.linger, low=0.0, unit="s")
     return options
@@ -176,6 +175,7 @@ def stop_limit_s(options: ServeOptions, linger_s: float) -> float:
 def serve(args: argparse.Namespace, host: PluginHost, config: PipelineConfig) -> int:
     """Run until SIGTERM or Ctrl-C, drain, return the exit code (0)."""
     options = serve_options(args)
+    _register_prompt(args, host, options.dialect)
     role = worker_role(args)
     runtime = Runtime(host)
     run: dict[str, object] = {"command": "serve", "dialect": options.dialect}
