@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import reactivex
 from reactivex import operators as ops
-from reactivex.scheduler import HistoricalScheduler
 
 from jitterline import (
     AudioFrame,
@@ -22,6 +21,7 @@ from jitterline import (
     PipelineConfig,
     PluginHost,
     StreamInfo,
+    VirtualScheduler,
     build_pipeline,
     hookimpl,
     stages,
@@ -67,7 +67,7 @@ def gain(frame: AudioFrame) -> AudioFrame:
 
 
 def main() -> None:
-    scheduler = HistoricalScheduler()
+    scheduler = VirtualScheduler()
     meter = LoudnessMeter()
     host = PluginHost(plugins=[meter])
     config = PipelineConfig(buffer_policy="fixed", buffer_ms=100)

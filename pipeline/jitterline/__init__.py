@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     )
     from .hookspecs import hookimpl
     from .plugins import PluginHost
+    from .schedulers import VirtualScheduler
     from .stages import Pipeline, build_pipeline, scheduler_clock
 
 __version__ = "0.1.0"
@@ -76,6 +77,7 @@ __all__ = [
     "StreamInfo",
     "Thresholds",
     "TransportError",
+    "VirtualScheduler",
     "__version__",
     "build_pipeline",
     "diagnose",
@@ -117,6 +119,7 @@ _HOMES = {
     ),
     "hookimpl": "hookspecs",
     "PluginHost": "plugins",
+    "VirtualScheduler": "schedulers",
     **dict.fromkeys(("Pipeline", "build_pipeline", "scheduler_clock"), "stages"),
 }
 """Where each public name lives."""
