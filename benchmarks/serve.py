@@ -291,7 +291,11 @@ def _median(values: Sequence[float | None]) -> float | None:
 def run_plan(plan: Plan, quick: bool) -> tuple[Step | None, Step | None]:
     """The largest step held, and the run at the plan's target (None in quick mode)."""
     duration_s = QUICK_DURATION_S if quick else DURATION_S
-    print(f"{plan.dialect}: {duration_s:g} s sessions, all started within {RAMP_S:g} s")
+    load_1m = os.getloadavg()[0]
+    print(
+        f"{plan.dialect}: {duration_s:g} s sessions, all started within {RAMP_S:g} s "
+        f"(machine load average {load_1m:.1f} on {os.cpu_count()} CPUs)"
+    )
     held: Step | None = None
     at_target: Step | None = None
     for sessions in plan.quick_steps if quick else plan.steps:

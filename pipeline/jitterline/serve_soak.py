@@ -1,15 +1,15 @@
-"""The inbound fault soak: a real ``serve`` takes mixed faults while good calls stream.
+"""The inbound fault soak: real servers take mixed faults while good calls stream.
 
 ``python -m jitterline.serve_soak [--faults N] [--seed S] [--good G] [--duration S]
-[--json FILE]`` starts the server ``jitterline serve`` runs (``server.InboundServer``: the
-upgrade gate, the ``websockets`` shell, one pipeline per session and channel) for AudioHook
-on 127.0.0.1, port 0, on an I/O loop of its own, with an API key and client secret
-configured, so that every upgrade is checked as in production. Good sessions
-(``emulator.players``: Genesys as its reference client plays it, signed upgrade, stereo
-PCMU, 200 ms messages, pings) stream in rounds of G for the whole run, while N faults are
-thrown at the same server a few at a time: malformed upgrades, bad credentials, slowloris
-clients, a flood past ``max_sessions``, protocol violations mid-session and abrupt TCP
-drops (``CATALOGUE``).
+[--json FILE]`` starts, in one runtime as ``jitterline serve`` would, two servers
+(``server.InboundServer``: the upgrade gate, the ``websockets`` shell, one pipeline per
+session and channel) on 127.0.0.1, port 0: AudioHook with an API key and client secret,
+Twilio with an auth token, so that every upgrade is checked as in production. Good
+sessions (``emulator.players``: Genesys as its reference client plays it, signed, stereo
+PCMU in 200 ms messages; Twilio, signed, 20 ms media; both with pings) stream in rounds of
+G for the whole run, while N faults are thrown at the same servers a few at a time:
+malformed upgrades, bad credentials and signatures, slowloris clients, a flood past
+``max_sessions``, protocol violations mid-session and abrupt TCP drops (``CATALOGUE``).
 
 A fault is *answered* when its client gets, within the fault's budget, the answer
 docs/serve.md documents for it: the HTTP status (and for credentials, no sooner than the
@@ -20,21 +20,22 @@ its balanced summaries. A good session is *unaffected* when it completed the pro
 and the server's summary of each of its channels balances and counts exactly the frames
 the player sent.
 
-The flood needs the server's sessions to be countable: it takes an exclusive turn
-(``_Admission``) against everything else that upgrades, so that a good session is never
-refused for a slot the flood took, while the good sessions already streaming keep
+The flood needs the AudioHook server's sessions to be countable: it takes an exclusive
+turn (``_Admission``) against everything else that upgrades there, so that a good session
+is never refused for a slot the flood took, while the good sessions already streaming keep
 streaming through it.
 
 Then it reports (stdout, and ``--json``): answered / total with each failure and why; the
-good sessions (completed, frames sent and counted); the server's identity (every upgrade
+good sessions (completed, frames sent and counted); the servers' identity (every upgrade
 the clients saw became one completed, probe or failed session; every refusal the clients
 saw was counted once, by reason); the accounting identity of every summary and of the
-server's totals; leaks (descriptors, threads, resident memory before and after, the
-server's sessions at the end). Exit 0 only if everything held, 1 otherwise, 2 when it
+servers' totals; leaks (descriptors, threads, resident memory before and after, the
+sessions still held at the end). Exit 0 only if everything held, 1 otherwise, 2 when it
 could not run.
 
-The server's timeouts are compressed (handshake, ``open`` and close handshake 2 s) so that
-slow clients cost seconds, not tens of seconds; the refusal delay keeps its 500 ms.
+The servers' timeouts are compressed (handshake, ``open`` or ``start``, and close
+handshake 2 s) so that slow clients cost seconds, not tens of seconds; the refusal delay
+keeps its 500 ms.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -66,6 +67,12 @@ from .errors import ConfigError, JitterlineError
 from .frames import FrameCounts
 from .plugins import PluginHost
 from .protocols import signatures
+from .protocols.twilio import (
+    connected_message,
+    inbound_media_message,
+    start_message,
+    stop_message,
+)
 from .runtime import Runtime
 from .server import Credentials, InboundServer, ServeOptions, SummaryWriter, Totals
 from .server.shell import add_counts
@@ -85,7 +92,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-PATH = "/audiohook"
+PATHS = {"audiohook": "/audiohook", "twilio": "/twilio"}
 HANDSHAKE_TIMEOUT_S = 2.0
 OPEN_TIMEOUT_S = 2.0
 CLOSE_TIMEOUT_S = 2.0
@@ -178,6 +185,28 @@ def _catalogue() -> tuple[ServeFault, ...]:
             slow,
             "upgraded, never sends open",
             "socket closed at the open timeout, no opened",
+        ),
+        ServeFault(
+            "twilio_unsigned", upgrade, "Twilio: no X-Twilio-Signature", "403 after 500 ms"
+        ),
+        ServeFault(
+            "twilio_bad_signature",
+            upgrade,
+            "Twilio: a signature over another URL",
+            "403 after 500 ms",
+        ),
+        ServeFault("twilio_no_start", slow, "Twilio: upgraded, never sends start", "close 1008"),
+        ServeFault(
+            "twilio_bad_media",
+            violation,
+            "Twilio: a media message cut short between good ones",
+            "counted malformed, the stream goes on",
+        ),
+        ServeFault(
+            "twilio_drop_mid_stream",
+            violation,
+            "Twilio: start, media, then TCP reset",
+            "session ended, summary balanced",
         ),
         ServeFault(
             "flood",
@@ -275,20 +304,20 @@ class _Admission:
                 self._condition.notify_all()
 
 
-class _Soak:
-    """The server under test and what every fault needs to reach and to check it."""
+class _Target:
+    """One server under test: where to reach it, and questions asked on its loop."""
 
-    def __init__(self, server: InboundServer, summaries: _Summaries, secret: bytes) -> None:
+    def __init__(self, server: InboundServer, summaries: _Summaries) -> None:
         self.server = server
         self.summaries = summaries
-        self.api_key = "soak-key"
-        self.secret = secret
-        self.ledger = _Ledger()
-        self.admission = _Admission()
 
     @property
     def port(self) -> int:
         return self.server.port
+
+    @property
+    def path(self) -> str:
+        return self.server.options.path
 
     @property
     def authority(self) -> str:
@@ -296,7 +325,7 @@ class _Soak:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.authority}{PATH}"
+        return f"ws://{self.authority}{self.path}"
 
     async def on_server(self, fn: Callable[[], T]) -> T:
         """``fn`` on the server's loop thread, awaited without blocking ours."""
@@ -306,27 +335,6 @@ class _Soak:
 
         loop = self.server.runtime.ioloop.loop
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call(), loop))
-
-    def signed(
-        self,
-        session_id: str,
-        *,
-        secret: bytes | None = None,
-        age_s: int = 0,
-        nonce: str | None = None,
-        organization_id: str | None = None,
-    ) -> dict[str, str]:
-        return signatures.sign(
-            path=PATH,
-            authority=self.authority,
-            organization_id=organization_id or _ORG,
-            session_id=session_id,
-            correlation_id=str(uuid.uuid4()),
-            api_key=self.api_key,
-            secret=self.secret if secret is None else secret,
-            created_wall_s=int(time.time()) - age_s,
-            nonce=nonce or secrets.token_urlsafe(18),
-        )
 
     async def active(self, session_id: str) -> bool:
         def running() -> bool:
@@ -347,6 +355,41 @@ class _Soak:
         return await self.on_server(lambda: list(self.summaries.by_session.get(session_id, [])))
 
 
+class _Soak:
+    """The two servers under test (AudioHook, Twilio), their credentials, and what the
+    clients saw."""
+
+    def __init__(self, genesys: _Target, twilio: _Target, secret: bytes, token: str) -> None:
+        self.genesys = genesys
+        self.twilio = twilio
+        self.api_key = "soak-key"
+        self.secret = secret
+        self.token = token
+        self.ledger = _Ledger()
+        self.admission = _Admission()
+
+    def signed(
+        self,
+        session_id: str,
+        *,
+        secret: bytes | None = None,
+        age_s: int = 0,
+        nonce: str | None = None,
+    ) -> dict[str, str]:
+        """AudioHook's signed upgrade headers for the AudioHook server."""
+        return signatures.sign(
+            path=self.genesys.path,
+            authority=self.genesys.authority,
+            organization_id=_ORG,
+            session_id=session_id,
+            correlation_id=str(uuid.uuid4()),
+            api_key=self.api_key,
+            secret=self.secret if secret is None else secret,
+            created_wall_s=int(time.time()) - age_s,
+            nonce=nonce or secrets.token_urlsafe(18),
+        )
+
+
 _ORG = "5b4a3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d"
 
 
@@ -354,9 +397,9 @@ _ORG = "5b4a3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d"
 
 
 def _request(
-    soak: _Soak,
+    target: _Target,
     *,
-    path: str = PATH,
+    path: str | None = None,
     method: str = "GET",
     version: str = "HTTP/1.1",
     upgrade: bool = True,
@@ -364,7 +407,7 @@ def _request(
     ws_version: str = "13",
     headers: Mapping[str, str] | None = None,
 ) -> bytes:
-    lines = [f"{method} {path} {version}", f"Host: {soak.authority}"]
+    lines = [f"{method} {path or target.path} {version}", f"Host: {target.authority}"]
     if upgrade:
         lines += ["Upgrade: websocket", "Connection: Upgrade"]
         if key:
@@ -398,12 +441,19 @@ class _Reply:
 
 
 async def _exchange(
-    soak: _Soak, data: bytes, *, every_s: float = 0.0, reset_after: bool = False
+    soak: _Soak,
+    data: bytes,
+    *,
+    target: _Target | None = None,
+    every_s: float = 0.0,
+    reset_after: bool = False,
 ) -> _Reply:
-    """Write ``data`` (at once, or a byte every ``every_s``) and read until the server
-    hangs up; ``reset_after``: send a TCP reset once ``data`` is out instead. The fault's
-    budget (the caller's ``wait_for``) bounds it."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", soak.port)
+    """Write ``data`` to ``target`` (the AudioHook server unless given), at once or a byte
+    every ``every_s``, and read until the server hangs up; ``reset_after``: send a TCP
+    reset once ``data`` is out instead. The fault's budget (the caller's ``wait_for``)
+    bounds it."""
+    port = (target or soak.genesys).port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     started_s = time.monotonic()
     reply = _Reply()
 
@@ -467,7 +517,7 @@ class _Wire:
         session_id = str(uuid.uuid4())
         async with soak.admission.shared():
             try:
-                ws = await _connect(soak, soak.signed(session_id))
+                ws = await _connect(soak.genesys, soak.signed(session_id))
             except InvalidStatus as exc:
                 soak.ledger.saw(exc.response.status_code)
                 raise
@@ -527,9 +577,9 @@ class _Wire:
                 await self.until("")
 
 
-async def _connect(soak: _Soak, headers: Mapping[str, str]) -> ClientConnection:
+async def _connect(target: _Target, headers: Mapping[str, str]) -> ClientConnection:
     return await connect(
-        soak.url,
+        target.url,
         additional_headers=dict(headers),
         open_timeout=HANDSHAKE_TIMEOUT_S + _MARGIN_S,
         ping_interval=None,
@@ -552,7 +602,7 @@ def _http(status: int, *, extra: Mapping[str, str] | None = None, **request: Any
 
     async def script(soak: _Soak) -> str:
         headers = {**soak.signed(str(uuid.uuid4())), **(extra or {})}
-        data = _request(soak, headers=headers, **request)
+        data = _request(soak.genesys, headers=headers, **request)
         return (await _exchange(soak, data)).expect(status)
 
     return script
@@ -562,12 +612,17 @@ async def _not_http(soak: _Soak) -> str:
     return (await _exchange(soak, b"\x16\x03\x01\x02\x00HELLO\r\n\r\n")).expect(None)
 
 
-def _unauthorized(headers: Callable[[_Soak], Mapping[str, str]]) -> Script:
-    """Refused with 401, no sooner than the refusal delay (docs/serve.md)."""
+def _unauthorized(
+    headers: Callable[[_Soak], Mapping[str, str]], *, twilio: bool = False
+) -> Script:
+    """Refused, no sooner than the refusal delay (docs/serve.md): AudioHook with 401,
+    Twilio with 403."""
 
     async def script(soak: _Soak) -> str:
-        reply = await _exchange(soak, _request(soak, headers=headers(soak)))
-        problem = reply.expect(401)
+        target = soak.twilio if twilio else soak.genesys
+        request = _request(target, headers=headers(soak))
+        reply = await _exchange(soak, request, target=target)
+        problem = reply.expect(403 if twilio else 401)
         if not problem and (reply.first_s or 0.0) < REFUSAL_DELAY_S - 0.05:
             problem = f"refused after {reply.first_s:.3f} s, before the refusal delay"
         return problem
@@ -610,7 +665,7 @@ async def _silent(soak: _Soak) -> str:
 
 
 async def _trickle(soak: _Soak) -> str:
-    return await _slow(soak, _request(soak, headers=_unsigned(soak)), 1.0)
+    return await _slow(soak, _request(soak.genesys, headers=_unsigned(soak)), 1.0)
 
 
 def _violation(
@@ -695,7 +750,7 @@ async def _never_opens(soak: _Soak) -> str:
 
 
 async def _drop_mid_upgrade(soak: _Soak) -> str:
-    request = _request(soak, headers=soak.signed(str(uuid.uuid4())))
+    request = _request(soak.genesys, headers=soak.signed(str(uuid.uuid4())))
     await _exchange(soak, request[: len(request) // 2], reset_after=True)
     return ""
 
@@ -719,19 +774,22 @@ def _dropped(*, opened: bool, reset: bool) -> Script:
                 transport = wire.ws.transport
                 assert isinstance(transport, asyncio.WriteTransport)
                 transport.write_eof()
-            if not await soak.ended(wire.session_id, CLOSE_TIMEOUT_S + _MARGIN_S):
+            if not await soak.genesys.ended(wire.session_id, CLOSE_TIMEOUT_S + _MARGIN_S):
                 return "the server still holds the session"
             if not opened:
                 return ""
-            return _check_summaries(await soak.summaries_of(wire.session_id), at_most=sent)
+            docs = await soak.genesys.summaries_of(wire.session_id)
+            return _check_summaries(docs, ["external", "internal"], at_most=sent)
 
     return script
 
 
-def _check_summaries(docs: Sequence[Mapping[str, Any]], *, at_most: int) -> str:
-    channels = sorted(str(doc["stream"]["channel"]) for doc in docs)
-    if channels != ["external", "internal"]:
-        return f"summaries for channels {channels}, expected external and internal"
+def _check_summaries(
+    docs: Sequence[Mapping[str, Any]], channels: Sequence[str], *, at_most: int
+) -> str:
+    found = sorted(str(doc["stream"]["channel"]) for doc in docs)
+    if found != sorted(channels):
+        return f"summaries for channels {found}, expected {sorted(channels)}"
     for doc in docs:
         frames = doc["frames"]
         if not frames["balanced"] or frames["received"] > at_most:
@@ -742,11 +800,11 @@ def _check_summaries(docs: Sequence[Mapping[str, Any]], *, at_most: int) -> str:
 async def _flood(soak: _Soak) -> str:
     """``max_sessions + FLOOD_EXTRA`` upgrades at once, in a turn of its own: each gets 101
     or 503 with Retry-After; the admitted ones close at once and the server lets go."""
-    count = soak.server.options.max_sessions + FLOOD_EXTRA
+    count = soak.genesys.server.options.max_sessions + FLOOD_EXTRA
     async with soak.admission.exclusive():
         ids = [str(uuid.uuid4()) for _ in range(count)]
         attempts = await asyncio.gather(
-            *(_connect(soak, soak.signed(i)) for i in ids), return_exceptions=True
+            *(_connect(soak.genesys, soak.signed(i)) for i in ids), return_exceptions=True
         )
         admitted: list[str] = []
         problems: list[str] = []
@@ -765,12 +823,121 @@ async def _flood(soak: _Soak) -> str:
             else:
                 problems.append(f"{type(attempt).__name__}: {attempt}")
         for session_id in admitted:
-            if not await soak.ended(session_id, CLOSE_TIMEOUT_S + _MARGIN_S):
+            if not await soak.genesys.ended(session_id, CLOSE_TIMEOUT_S + _MARGIN_S):
                 problems.append("a closed flood session was still held")
                 break
     if refused < FLOOD_EXTRA:
         problems.append(f"only {refused} of {count} refused, expected >= {FLOOD_EXTRA}")
     return "; ".join(problems[:3])
+
+
+class _Call:
+    """A Twilio call written by hand (``protocols.twilio``'s message builders) over a real
+    ``websockets`` client, so that a fault can slip in what Twilio never sends."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.stream_sid = "MZ" + uuid.uuid4().hex
+        self.call_sid = "CA" + uuid.uuid4().hex
+        self.number = 0
+        self.chunks = 0
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def upgraded(cls, soak: _Soak) -> AsyncIterator[_Call]:
+        """A signed upgrade; the socket is cut when the fault ends, however it ends."""
+        try:
+            ws = await _connect(soak.twilio, _twilio_signed(soak))
+        except InvalidStatus as exc:
+            soak.ledger.saw(exc.response.status_code)
+            raise
+        soak.ledger.saw(101)
+        try:
+            yield cls(ws)
+        finally:
+            ws.transport.abort()
+
+    def _next(self) -> int:
+        self.number += 1
+        return self.number
+
+    async def start(self) -> None:
+        await self.ws.send(connected_message())
+        await self.ws.send(
+            start_message(self.stream_sid, self.call_sid, sequence_number=self._next())
+        )
+
+    def media_text(self) -> str:
+        self.chunks += 1
+        return inbound_media_message(
+            self.stream_sid, self.chunks, (self.chunks - 1) * 20, bytes(160), self._next()
+        )
+
+    async def media(self, count: int) -> None:
+        for _ in range(count):
+            await self.ws.send(self.media_text())
+
+    async def stop(self) -> None:
+        await self.ws.send(stop_message(self.stream_sid, self.call_sid, self._next()))
+
+    async def drained(self) -> int | None:
+        """Read until the server closes the socket; its close code."""
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await self.ws.recv()
+        received = self.ws.protocol.close_rcvd
+        return None if received is None else received.code
+
+
+def _twilio_signed(soak: _Soak, url: str | None = None) -> dict[str, str]:
+    signature = signatures.twilio_signature(url or soak.twilio.url, soak.token)
+    return {"X-Twilio-Signature": signature}
+
+
+async def _twilio_no_start(soak: _Soak) -> str:
+    """Twilio has no open timer of its own: the shell closes with 1008 (docs/serve.md)."""
+    async with _Call.upgraded(soak) as call:
+        started_s = time.monotonic()
+        code = await call.drained()
+        waited_s = time.monotonic() - started_s
+        if code != 1008:
+            return f"closed with {code}, expected 1008"
+        if waited_s > OPEN_TIMEOUT_S + _MARGIN_S:
+            return f"closed after {waited_s:.1f} s, past the open timeout"
+        return ""
+
+
+async def _twilio_bad_media(soak: _Soak) -> str:
+    """A media message cut short costs that message only: counted malformed, the stream
+    goes on, and ``stop`` ends it the protocol's way with every good chunk counted."""
+    async with _Call.upgraded(soak) as call:
+        await call.start()
+        await call.media(3)
+        await call.ws.send(call.media_text()[:-9])
+        call.chunks -= 1  # the cut message carried no chunk the server could count
+        await call.media(2)
+        await call.stop()
+        await call.drained()
+        if not await soak.twilio.ended(call.stream_sid, CLOSE_TIMEOUT_S + _MARGIN_S):
+            return "the server still holds the session"
+        docs = await soak.twilio.summaries_of(call.stream_sid)
+        problem = _check_summaries(docs, ["inbound"], at_most=6)
+        frames = docs[0]["frames"] if docs else {}
+        if not problem and (frames["malformed"], frames["played"]) != (1, 5):
+            problem = f"expected 5 played and 1 malformed of 6 received, summary {frames}"
+        return problem
+
+
+async def _twilio_drop(soak: _Soak) -> str:
+    async with _Call.upgraded(soak) as call:
+        await call.start()
+        await call.media(3)
+        await asyncio.sleep(0.1)
+        _reset(call.ws.transport)
+        if not await soak.twilio.ended(call.stream_sid, CLOSE_TIMEOUT_S + _MARGIN_S):
+            return "the server still holds the session"
+        docs = await soak.twilio.summaries_of(call.stream_sid)
+        return _check_summaries(docs, ["inbound"], at_most=3)
 
 
 _SCRIPTS: dict[str, Script] = {
@@ -806,6 +973,13 @@ _SCRIPTS: dict[str, Script] = {
     "trickle": _trickle,
     "never_opens": _never_opens,
     "flood": _flood,
+    "twilio_unsigned": _unauthorized(lambda s: {}, twilio=True),
+    "twilio_bad_signature": _unauthorized(
+        lambda s: _twilio_signed(s, s.twilio.url + "?tenant=other"), twilio=True
+    ),
+    "twilio_no_start": _twilio_no_start,
+    "twilio_bad_media": _twilio_bad_media,
+    "twilio_drop_mid_stream": _twilio_drop,
 }
 
 
@@ -827,10 +1001,11 @@ async def _throw(soak: _Soak, fault: ServeFault, turns: asyncio.Semaphore) -> Fa
 async def _good_rounds(
     soak: _Soak, *, sessions: int, duration_s: float, stop: asyncio.Event
 ) -> list[PlayerResult]:
-    """Rounds of ``sessions`` players until ``stop`` is set (the round running then
-    finishes). A round holds a shared admission turn until the server opened all of it,
-    so the flood never takes a slot a good session was about to take."""
-    options = PlayerOptions(
+    """Rounds of ``sessions`` players, AudioHook and Twilio in turn, until ``stop`` is set
+    (the round running then finishes). The AudioHook players of a round hold a shared
+    admission turn until the server opened all of them, so the flood never takes a slot
+    one of them was about to take."""
+    genesys = PlayerOptions(
         dialect="audiohook",
         duration_s=duration_s,
         api_key=soak.api_key,
@@ -838,33 +1013,44 @@ async def _good_rounds(
         ping_interval_s=1.0,
         keep_audio=False,
     )
+    twilio = PlayerOptions(
+        dialect="twilio",
+        duration_s=duration_s,
+        auth_token=soak.token,
+        ping_interval_s=1.0,
+        keep_audio=False,
+    )
     results: list[PlayerResult] = []
     number = 0
     while True:
         organization = str(uuid.uuid4())  # tells this round's sessions apart on the server
+        seeds = range(number * sessions, (number + 1) * sessions)
         async with soak.admission.shared():
-            tasks = [
+            hooks = [
                 asyncio.create_task(
-                    play(
-                        soak.url, options, seed=number * sessions + i, organization_id=organization
-                    )
+                    play(soak.genesys.url, genesys, seed=seed, organization_id=organization)
                 )
-                for i in range(sessions)
+                for seed in seeds[::2]
             ]
-            await _opened(soak, organization, tasks)
-        results += await asyncio.gather(*tasks)
+            calls = [
+                asyncio.create_task(play(soak.twilio.url, twilio, seed=seed))
+                for seed in seeds[1::2]
+            ]
+            await _opened(soak, organization, hooks)
+        results += await asyncio.gather(*hooks, *calls)
         number += 1
         if stop.is_set():
             return results
 
 
 async def _opened(soak: _Soak, organization: str, tasks: Sequence[asyncio.Task[Any]]) -> None:
-    """Until the server opened a session of every task (or the task ended), bounded."""
+    """Until the AudioHook server opened a session of every task (or the task ended),
+    bounded."""
 
     def opened() -> int:
         return sum(
             1
-            for session in soak.server.sessions.values()
+            for session in soak.genesys.server.sessions.values()
             if session.opened
             and getattr(session.connection.proto if session.connection else None,
                         "organization_id", None) == organization
@@ -872,7 +1058,8 @@ async def _opened(soak: _Soak, organization: str, tasks: Sequence[asyncio.Task[A
 
     deadline_s = time.monotonic() + _GOOD_OPEN_S
     while time.monotonic() < deadline_s:
-        if await soak.on_server(opened) + sum(task.done() for task in tasks) >= len(tasks):
+        done = sum(task.done() for task in tasks)
+        if await soak.genesys.on_server(opened) + done >= len(tasks):
             return
         await asyncio.sleep(_READ_S)
 
@@ -987,8 +1174,9 @@ class ServeSoakReport:
         )
         server = self.server
         lines.append(
-            f"  server {'counted every upgrade and refusal' if server['identity'] else 'MISMATCH'}"
-            f": upgrades seen {server['upgrades_seen']} = sessions {server['sessions']} "
+            "  servers "
+            + ("counted every upgrade and refusal" if server["identity"] else "MISMATCH")
+            + f": upgrades seen {server['upgrades_seen']} = sessions {server['sessions']} "
             f"(completed {server['completed']}, probes {server['probes']}, failed "
             f"{server['failed']}); refusals seen {server['refusals_seen']} = counted "
             f"{server['refusals_counted']} {server['refused_by_reason']}"
@@ -1023,42 +1211,40 @@ def run_serve_soak(
     good_sessions: int = 10,
     duration_s: float = 5.0,
 ) -> ServeSoakReport:
-    """Serve on loopback, throw ``faults`` beside rounds of ``good_sessions`` good
-    sessions of ``duration_s`` each; see the module docstring."""
+    """Serve AudioHook and Twilio on loopback, throw ``faults`` beside rounds of
+    ``good_sessions`` good sessions of ``duration_s`` each; see the module docstring."""
     if good_sessions < 1:
         raise ConfigError(f"--good {good_sessions} must be at least 1; try 10")
-    secret = secrets.token_bytes(32)
-    options = ServeOptions(
-        port=0,
-        dialect="audiohook",
-        path=PATH,
-        max_sessions=good_sessions + CONCURRENCY + 2,
-        credentials=Credentials(api_keys=signatures.KeySet({"soak-key": secret})),
-        refusal_delay_s=REFUSAL_DELAY_S,
-        handshake_timeout_s=HANDSHAKE_TIMEOUT_S,
-        open_timeout_s=OPEN_TIMEOUT_S,
-        close_timeout_s=CLOSE_TIMEOUT_S,
-    )
+    secret, token = secrets.token_bytes(32), secrets.token_hex(16)
     ioloop = IOLoop(name="jitterline-serve-soak").start()
-    summaries = _Summaries()
     runtime = Runtime(PluginHost(load_entrypoints=False), ioloop=ioloop)
-    server = InboundServer(
-        runtime,
-        options,
-        PipelineConfig(dialect="audiohook"),
-        writer=summaries,
-        run={"command": "serve_soak", "dialect": "audiohook"},
-    )
+    summaries = _Summaries()
+    credentials = {
+        "audiohook": Credentials(api_keys=signatures.KeySet({"soak-key": secret})),
+        "twilio": Credentials(twilio_token=token),
+    }
+    servers = [
+        InboundServer(
+            runtime,
+            _options(dialect, credentials[dialect], max_sessions=good_sessions + CONCURRENCY + 2),
+            PipelineConfig(dialect=dialect),
+            writer=summaries,
+            run={"command": "serve_soak", "dialect": dialect},
+        )
+        for dialect in ("audiohook", "twilio")
+    ]
     try:
-        ioloop.run(server.start()).result(10.0)
-        soak = _Soak(server, summaries, secret)
+        for server in servers:
+            ioloop.run(server.start()).result(10.0)
+        soak = _Soak(_Target(servers[0], summaries), _Target(servers[1], summaries), secret, token)
         results, good, before, after = asyncio.run(
             _soak(soak, faults, good_sessions=good_sessions, duration_s=duration_s)
         )
-        active = runtime.call(lambda: len(server.sessions))
-        totals = runtime.call(lambda: replace(server.totals))
+        active = runtime.call(lambda: sum(len(server.sessions) for server in servers))
+        totals = runtime.call(lambda: _merged([server.totals for server in servers]))
     finally:
-        ioloop.run(server.close()).result(CLOSE_TIMEOUT_S + 10.0)
+        for server in servers:
+            ioloop.run(server.close()).result(CLOSE_TIMEOUT_S + 10.0)
         ioloop.stop()
     return ServeSoakReport(
         seed=seed,
@@ -1072,14 +1258,40 @@ def run_serve_soak(
     )
 
 
+def _options(dialect: str, credentials: Credentials, *, max_sessions: int) -> ServeOptions:
+    return ServeOptions(
+        port=0,
+        dialect=dialect,
+        path=PATHS[dialect],
+        max_sessions=max_sessions,
+        credentials=credentials,
+        refusal_delay_s=REFUSAL_DELAY_S,
+        handshake_timeout_s=HANDSHAKE_TIMEOUT_S,
+        open_timeout_s=OPEN_TIMEOUT_S,
+        close_timeout_s=CLOSE_TIMEOUT_S,
+    )
+
+
+def _merged(totals: Sequence[Totals]) -> Totals:
+    """The servers' counters added up (one process serving both dialects)."""
+    merged = Totals()
+    for one in totals:
+        merged.completed += one.completed
+        merged.probes += one.probes
+        merged.failed += one.failed
+        merged.refused.update(one.refused)
+        merged.add_frames(one.frames)
+    return merged
+
+
 async def _soak(
     soak: _Soak, faults: Sequence[ServeFault], *, good_sessions: int, duration_s: float
 ) -> tuple[list[FaultResult], list[PlayerResult], Resources, Resources]:
-    # One good session first: imports, codec tables and the server's first pipeline are
-    # made before the resources are measured.
+    # One good session of each dialect first: imports, codec tables and each server's
+    # first pipeline are made before the resources are measured.
     warm = asyncio.Event()
     warm.set()
-    good = await _good_rounds(soak, sessions=1, duration_s=1.0, stop=warm)
+    good = await _good_rounds(soak, sessions=2, duration_s=1.0, stop=warm)
     before = Resources.now()
     stop = asyncio.Event()
     streaming = asyncio.create_task(
@@ -1096,12 +1308,14 @@ async def _soak(
 
 
 async def _settled(soak: _Soak, before: Resources) -> Resources:
-    """Resources once the server let go of every session and descriptors came back
+    """Resources once the servers let go of every session and descriptors came back
     (bounded)."""
     deadline_s = time.monotonic() + _SETTLE_S
     now = Resources.now()
     while time.monotonic() < deadline_s:
-        active = await soak.on_server(lambda: len(soak.server.sessions))
+        active = await soak.genesys.on_server(
+            lambda: len(soak.genesys.server.sessions) + len(soak.twilio.server.sessions)
+        )
         now = Resources.now()
         if active == 0 and now.descriptors <= before.descriptors:
             break
@@ -1173,8 +1387,8 @@ def _accounting(summaries: _Summaries, totals: Totals) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jitterline.serve_soak",
-        description="Throw mixed faults at a real AudioHook server on loopback while good "
-        "sessions stream; report answers, good sessions, accounting and leaks "
+        description="Throw mixed faults at real AudioHook and Twilio servers on loopback "
+        "while good sessions stream; report answers, good sessions, accounting and leaks "
         "(docs/reliability.md).",
     )
     parser.add_argument("--faults", type=int, default=100, metavar="N", help="faults (100)")
