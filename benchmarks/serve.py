@@ -88,6 +88,7 @@ class Step:
     completed: int
     refused: int
     failed: int
+    errors: dict[str, int]
     kept_up: bool
     frames_sent: int
     frames_counted: int
@@ -123,7 +124,8 @@ class Step:
     def line(self) -> str:
         return (
             f"  N={self.sessions:5d}  completed {self.completed:5d}  refused {self.refused:4d}"
-            f"  failed {self.failed:4d}  frames {self.frames_counted}/{self.frames_sent} "
+            f"  failed {self.failed:4d}{_kinds(self.errors)}  frames "
+            f"{self.frames_counted}/{self.frames_sent} "
             f"{'accounted' if self.accounted else 'NOT accounted'}  late {self.late}  "
             f"p99 arrival->sink {_ms(self.typical_p99_arrival_ms)} (worst session "
             f"{_ms(self.p99_arrival_ms)})  slot->sink {_ms(self.typical_p99_slot_ms)} (worst "
@@ -132,6 +134,11 @@ class Step:
             f"{'' if self.kept_up else '  (generator fell behind)'}"
             f"  {'held' if self.held else 'NOT held'}"
         )
+
+
+def _kinds(errors: dict[str, int]) -> str:
+    shown = ", ".join(f"{count} {kind}" for kind, count in sorted(errors.items()))
+    return f" ({shown})" if shown else ""
 
 
 def _ms(value: float | None) -> str:
@@ -260,6 +267,7 @@ def _step(
         completed=load["sessions"]["completed"],
         refused=sum(load["sessions"]["refused"].values()),
         failed=load["sessions"]["failed"],
+        errors=dict(load["sessions"]["errors"]),
         kept_up=load["loop_lag_ms"]["kept_up"],
         frames_sent=load["frames"]["sent"],
         frames_counted=sum(doc["frames"]["received"] for doc in counted),
