@@ -45,6 +45,7 @@ REFUSAL_DELAY_S = 0.5
 MARGIN_S = 2.0
 """Slack on top of a server timeout before an answer counts as missing."""
 POLL_S = 0.05
+ORGANIZATION_ID = "5b4a3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d"
 AUDIO = bytes(3200)
 """200 ms of stereo PCMU silence: one AudioHook audio message."""
 _WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -66,7 +67,7 @@ class Summaries(SummaryWriter):
 
 @dataclass
 class Ledger:
-    """What the clients saw of the server: upgrades (101) and refusals by status."""
+    """What the clients saw of the servers: upgrades (101) and refusals by status."""
 
     upgraded: int = 0
     refused: Counter[int] = field(default_factory=Counter)
@@ -104,8 +105,11 @@ class Admission:
     async def exclusive(self) -> AsyncIterator[None]:
         async with self._condition:
             self._waiting += 1
-            await self._condition.wait_for(lambda: not self._exclusive and not self._shared)
-            self._waiting -= 1
+            try:
+                await self._condition.wait_for(lambda: not self._exclusive and not self._shared)
+            finally:  # a flood cancelled while waiting must not hold everyone else back
+                self._waiting -= 1
+                self._condition.notify_all()
             self._exclusive = True
         try:
             yield
@@ -199,9 +203,6 @@ class Soak:
             created_wall_s=int(time.time()) - age_s,
             nonce=nonce or secrets.token_urlsafe(18),
         )
-
-
-ORGANIZATION_ID = "5b4a3c2d-1e0f-4a9b-8c7d-6e5f4a3b2c1d"
 
 
 # -- raw HTTP clients ----------------------------------------------------------------------
