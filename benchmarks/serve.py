@@ -18,16 +18,17 @@ and reads the summaries it wrote. A step is *held* when:
   frames the summaries received add up to exactly the frames ``load`` sent;
 - at most 1 % of them were late (arrived after their playout slot: a server that reads
   late makes frames late);
-- the median session's p99 *slot-to-sink* lag is <= 20 ms: from a frame's playout slot
-  to the moment the sinks had it, the loop's own lateness (docs/serve.md, "Summaries").
-  One loop serves every session, so when it falls behind the typical session shows it.
+- the median session's p99 *ready-to-sink* lag is <= 20 ms: from the moment a frame could
+  play (it had arrived and its playout slot had come) to the moment the sinks had it, the
+  runtime's own delay (docs/serve.md, "Summaries"). One loop serves every session, so when
+  it falls behind the typical session shows it.
 
-Each summary carries its channel's p99 (``arrival_to_sink_ms``, ``slot_to_sink_ms``); the
-benchmark reports the median session's and the worst session's. The worst session's p99
-bounds the p99 over all frames from above (if every session's p99 is <= X, at most 1 % of
-all frames are above X), but on a 50-frame AudioHook session a p99 is its worst frame, so
-one pause of the loop (a garbage collection, the machine's other tenants) sets it; that is
-why the median session's judges. *Arrival-to-sink* includes the jitter buffer's
+Each summary carries its channel's p99 (``arrival_to_sink_ms``, ``ready_to_sink_ms``);
+the benchmark reports the median session's and the worst session's. The worst session's
+p99 bounds the p99 over all frames from above (if every session's p99 is <= X, at most 1 %
+of all frames are above X), but on a 50-frame AudioHook session a p99 is its worst frame,
+so one pause of the loop (a garbage collection, the machine's other tenants) sets it; that
+is why the median session's judges. *Arrival-to-sink* includes the jitter buffer's
 deliberate delay (the adaptive policy's target), so it is reported, not judged.
 
 The figure is the largest N held (``twilio_sessions``, ``audiohook_sessions``); the
@@ -97,9 +98,9 @@ class Step:
     balanced: bool
     late: int
     p99_arrival_ms: float | None
-    p99_slot_ms: float | None
+    p99_ready_ms: float | None
     typical_p99_arrival_ms: float | None
-    typical_p99_slot_ms: float | None
+    typical_p99_ready_ms: float | None
     serve_cpu_pct: float
 
     @property
@@ -117,8 +118,8 @@ class Step:
             and self.kept_up
             and self.accounted
             and self.late <= LATE_LIMIT * max(self.frames_counted, 1)
-            and self.typical_p99_slot_ms is not None
-            and self.typical_p99_slot_ms <= LAG_LIMIT_MS
+            and self.typical_p99_ready_ms is not None
+            and self.typical_p99_ready_ms <= LAG_LIMIT_MS
         )
 
     def line(self) -> str:
@@ -128,8 +129,8 @@ class Step:
             f"{self.frames_counted}/{self.frames_sent} "
             f"{'accounted' if self.accounted else 'NOT accounted'}  late {self.late}  "
             f"p99 arrival->sink {_ms(self.typical_p99_arrival_ms)} (worst session "
-            f"{_ms(self.p99_arrival_ms)})  slot->sink {_ms(self.typical_p99_slot_ms)} (worst "
-            f"{_ms(self.p99_slot_ms)})"
+            f"{_ms(self.p99_arrival_ms)})  ready->sink {_ms(self.typical_p99_ready_ms)} (worst "
+            f"{_ms(self.p99_ready_ms)})"
             f"  serve CPU {self.serve_cpu_pct:.0f} %"
             f"{'' if self.kept_up else '  (generator fell behind)'}"
             f"  {'held' if self.held else 'NOT held'}"
@@ -261,7 +262,7 @@ def _step(
 ) -> Step:
     counted = [doc for doc in docs if not doc["stream"]["probe"]]
     arrival = [doc["stream"]["arrival_to_sink_ms"]["p99"] for doc in counted]
-    slot = [doc["stream"]["slot_to_sink_ms"]["p99"] for doc in counted]
+    ready = [doc["stream"]["ready_to_sink_ms"]["p99"] for doc in counted]
     return Step(
         sessions=sessions,
         completed=load["sessions"]["completed"],
@@ -276,9 +277,9 @@ def _step(
         balanced=all(doc["frames"]["balanced"] for doc in counted),
         late=sum(doc["frames"]["late"] for doc in counted),
         p99_arrival_ms=_worst(arrival),
-        p99_slot_ms=_worst(slot),
+        p99_ready_ms=_worst(ready),
         typical_p99_arrival_ms=_median(arrival),
-        typical_p99_slot_ms=_median(slot),
+        typical_p99_ready_ms=_median(ready),
         serve_cpu_pct=cpu_pct,
     )
 
@@ -324,23 +325,23 @@ def _figures(plan: Plan, held: Step | None, at_target: Step | None) -> dict[str,
     name = plan.dialect
     figures = {f"{name}_sessions": float(held.sessions if held else 0)}
     if held is not None:
-        figures.update(_lags(held, f"serve_p99_lag_ms_{name}", f"serve_p99_slot_lag_ms_{name}"))
+        figures.update(_lags(held, f"serve_p99_lag_ms_{name}", f"serve_p99_ready_lag_ms_{name}"))
         figures[f"serve_cpu_pct_{name}"] = held.serve_cpu_pct
     if at_target is not None:
         prefix = f"{name}_at_{plan.target}"
         figures[f"{prefix}_completed"] = float(at_target.completed)
         figures[f"{prefix}_accounted"] = float(at_target.accounted)
-        figures.update(_lags(at_target, f"{prefix}_p99_lag_ms", f"{prefix}_p99_slot_lag_ms"))
+        figures.update(_lags(at_target, f"{prefix}_p99_lag_ms", f"{prefix}_p99_ready_lag_ms"))
     return figures
 
 
-def _lags(step: Step, arrival: str, slot: str) -> dict[str, float]:
-    """The median session's p99 under ``arrival`` / ``slot``, the worst's with ``_worst``."""
+def _lags(step: Step, arrival: str, ready: str) -> dict[str, float]:
+    """The median session's p99 under ``arrival`` / ``ready``, the worst's with ``_worst``."""
     values = {
         arrival: step.typical_p99_arrival_ms,
         f"{arrival}_worst": step.p99_arrival_ms,
-        slot: step.typical_p99_slot_ms,
-        f"{slot}_worst": step.p99_slot_ms,
+        ready: step.typical_p99_ready_ms,
+        f"{ready}_worst": step.p99_ready_ms,
     }
     return {key: value for key, value in values.items() if value is not None}
 
@@ -351,7 +352,7 @@ def run(quick: bool = False) -> dict[str, float]:
         held, at_target = run_plan(plan, quick)
         figures.update(_figures(plan, held, at_target))
         print(
-            f"{plan.dialect}: {held.sessions if held else 0} sessions held (p99 slot->sink "
+            f"{plan.dialect}: {held.sessions if held else 0} sessions held (p99 ready->sink "
             f"<= {LAG_LIMIT_MS:.0f} ms, every frame accounted, late <= {LATE_LIMIT:.0%})"
         )
     return figures

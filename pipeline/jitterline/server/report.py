@@ -68,11 +68,14 @@ class SinkLag:
 
     ``arrival_to_sink_ms``: from the message's arrival (``arrival_s``, stamped when the
     shell handed it over) to the moment the sinks had the frame: the buffer's deliberate
-    delay plus whatever the loop added. ``slot_to_sink_ms``: from the frame's playout slot
-    (``playout_s``) to that moment: the loop's lateness alone, which grows when one process
-    holds more sessions than it can serve. Concealed frames never arrived and are left
-    out. Measured on the pipeline's output, right after the sink hooks ran, so no stage
-    changes; memory is bounded (``Histogram`` keeps buckets, not values)."""
+    delay plus whatever the runtime added. ``ready_to_sink_ms``: from the moment the frame
+    could play (it had arrived and its playout slot, ``playout_s``, had come) to that
+    moment: the runtime's own delay alone (a late timer, a busy loop), which grows when
+    one process holds more sessions than it can serve; a frame that arrived after its slot
+    and was still played counts from its arrival, so a late sender does not show as a slow
+    server. Concealed frames never arrived and are left out. Measured on the pipeline's
+    output, right after the sink hooks ran, so no stage changes; memory is bounded
+    (``Histogram`` keeps buckets, not values)."""
 
     def __init__(self, clock: Callable[[], float]) -> None:
         self._clock = clock
@@ -86,12 +89,12 @@ class SinkLag:
         if histograms is None:
             histograms = self._channels[frame.channel] = (Histogram(), Histogram())
         histograms[0].add((now_s - frame.arrival_s) * 1000.0)
-        histograms[1].add((now_s - frame.playout_s) * 1000.0)
+        histograms[1].add((now_s - max(frame.arrival_s, frame.playout_s)) * 1000.0)
 
     def figures(self, channel: str) -> dict[str, dict[str, float | int | None]]:
-        """The summary's ``stream.arrival_to_sink_ms`` and ``stream.slot_to_sink_ms``."""
-        arrival, slot = self._channels.get(channel, (Histogram(), Histogram()))
-        return {"arrival_to_sink_ms": _quantiles(arrival), "slot_to_sink_ms": _quantiles(slot)}
+        """The summary's ``stream.arrival_to_sink_ms`` and ``stream.ready_to_sink_ms``."""
+        arrival, ready = self._channels.get(channel, (Histogram(), Histogram()))
+        return {"arrival_to_sink_ms": _quantiles(arrival), "ready_to_sink_ms": _quantiles(ready)}
 
 
 def _quantiles(histogram: Histogram) -> dict[str, float | int | None]:
