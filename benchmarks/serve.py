@@ -36,7 +36,10 @@ steps stop at the first N not held, and the plan's target (200 Twilio, 1000 Audi
 issue's) is then run once more, if it was not reached, so that what happens there
 (sessions completed, frames accounted, lag) is reported too. ``serve_cpu_pct`` is the
 serve process's CPU time over the run's wall time: 100 means one core saturated, the most
-one event loop can use.
+one event loop can use; ``serve_cpu_us_per_frame`` is serve's CPU time over the frames it
+counted at the first step, what a frame costs whatever share of a shared machine the
+process got, and ``*_sessions_per_core_projected`` what one core all its own would serve at
+that cost (a projection, labelled so, never the figure held).
 """
 
 from __future__ import annotations
@@ -70,14 +73,15 @@ _DRAIN_S = 60.0
 class Plan:
     dialect: str
     channels: int
+    frame_ms: float
     target: int
     steps: tuple[int, ...]
     quick_steps: tuple[int, ...]
 
 
 PLANS = (
-    Plan("twilio", 1, 200, (25, 50, 75, 100, 150, 200), (10, 25)),
-    Plan("audiohook", 2, 1000, (50, 100, 200, 300, 400, 600, 800, 1000), (50, 100)),
+    Plan("twilio", 1, 20.0, 200, (25, 50, 75, 100, 150, 200), (10, 25)),
+    Plan("audiohook", 2, 200.0, 1000, (50, 100, 200, 300, 400, 600, 800, 1000), (50, 100)),
 )
 
 
@@ -102,6 +106,13 @@ class Step:
     typical_p99_arrival_ms: float | None
     typical_p99_ready_ms: float | None
     serve_cpu_pct: float
+    serve_cpu_s: float
+
+    @property
+    def cpu_us_per_frame(self) -> float:
+        """Serve's CPU time per frame it counted: what a frame costs, whatever share of
+        the machine the process got."""
+        return 1e6 * self.serve_cpu_s / max(self.frames_counted, 1)
 
     @property
     def accounted(self) -> bool:
@@ -131,7 +142,7 @@ class Step:
             f"p99 arrival->sink {_ms(self.typical_p99_arrival_ms)} (worst session "
             f"{_ms(self.p99_arrival_ms)})  ready->sink {_ms(self.typical_p99_ready_ms)} (worst "
             f"{_ms(self.p99_ready_ms)})"
-            f"  serve CPU {self.serve_cpu_pct:.0f} %"
+            f"  serve CPU {self.serve_cpu_pct:.0f} % ({self.cpu_us_per_frame:.0f} us/frame)"
             f"{'' if self.kept_up else '  (generator fell behind)'}"
             f"  {'held' if self.held else 'NOT held'}"
         )
@@ -224,9 +235,10 @@ def run_step(plan: Plan, sessions: int, duration_s: float) -> Step:
         with _serve(plan.dialect, sessions, summaries_path) as (pid, port):
             started_s, cpu_before_s = time.monotonic(), _cpu_s(pid)
             load = _load(f"ws://127.0.0.1:{port}/", plan.dialect, sessions, duration_s)
-            cpu_pct = 100.0 * (_cpu_s(pid) - cpu_before_s) / (time.monotonic() - started_s)
+            cpu_s = _cpu_s(pid) - cpu_before_s
+            wall_s = time.monotonic() - started_s
         docs = [json.loads(line) for line in summaries_path.read_text().splitlines()]
-    return _step(plan, sessions, load, docs, cpu_pct)
+    return _step(plan, sessions, load, docs, cpu_s=cpu_s, wall_s=wall_s)
 
 
 def _load(url: str, dialect: str, sessions: int, duration_s: float) -> dict[str, Any]:
@@ -258,7 +270,13 @@ def _load(url: str, dialect: str, sessions: int, duration_s: float) -> dict[str,
 
 
 def _step(
-    plan: Plan, sessions: int, load: dict[str, Any], docs: list[dict[str, Any]], cpu_pct: float
+    plan: Plan,
+    sessions: int,
+    load: dict[str, Any],
+    docs: list[dict[str, Any]],
+    *,
+    cpu_s: float,
+    wall_s: float,
 ) -> Step:
     counted = [doc for doc in docs if not doc["stream"]["probe"]]
     arrival = [doc["stream"]["arrival_to_sink_ms"]["p99"] for doc in counted]
@@ -280,7 +298,8 @@ def _step(
         p99_ready_ms=_worst(ready),
         typical_p99_arrival_ms=_median(arrival),
         typical_p99_ready_ms=_median(ready),
-        serve_cpu_pct=cpu_pct,
+        serve_cpu_pct=100.0 * cpu_s / wall_s,
+        serve_cpu_s=cpu_s,
     )
 
 
@@ -297,8 +316,9 @@ def _median(values: Sequence[float | None]) -> float | None:
 # -- the plans -----------------------------------------------------------------------------------
 
 
-def run_plan(plan: Plan, quick: bool) -> tuple[Step | None, Step | None]:
-    """The largest step held, and the run at the plan's target (None in quick mode)."""
+def run_plan(plan: Plan, quick: bool) -> tuple[Step, Step | None, Step | None]:
+    """The first step, the largest step held, and the run at the plan's target (None in
+    quick mode)."""
     duration_s = QUICK_DURATION_S if quick else DURATION_S
     load_1m = os.getloadavg()[0]
     print(
@@ -307,8 +327,10 @@ def run_plan(plan: Plan, quick: bool) -> tuple[Step | None, Step | None]:
     )
     held: Step | None = None
     at_target: Step | None = None
+    first: Step | None = None
     for sessions in plan.quick_steps if quick else plan.steps:
         step = run_step(plan, sessions, duration_s)
+        first = first or step
         print(step.line(), flush=True)
         if sessions == plan.target:
             at_target = step
@@ -318,12 +340,19 @@ def run_plan(plan: Plan, quick: bool) -> tuple[Step | None, Step | None]:
     if not quick and at_target is None:
         at_target = run_step(plan, plan.target, duration_s)
         print(f"  at the target:\n{at_target.line()}", flush=True)
-    return held, at_target
+    assert first is not None
+    return first, held, at_target
 
 
-def _figures(plan: Plan, held: Step | None, at_target: Step | None) -> dict[str, float]:
+def _figures(
+    plan: Plan, first: Step, held: Step | None, at_target: Step | None
+) -> dict[str, float]:
     name = plan.dialect
-    figures = {f"{name}_sessions": float(held.sessions if held else 0)}
+    figures = {
+        f"{name}_sessions": float(held.sessions if held else 0),
+        f"serve_cpu_us_per_frame_{name}": first.cpu_us_per_frame,
+        f"{name}_sessions_per_core_projected": _per_core(plan, first),
+    }
     if held is not None:
         figures.update(_lags(held, f"serve_p99_lag_ms_{name}", f"serve_p99_ready_lag_ms_{name}"))
         figures[f"serve_cpu_pct_{name}"] = held.serve_cpu_pct
@@ -346,14 +375,25 @@ def _lags(step: Step, arrival: str, ready: str) -> dict[str, float]:
     return {key: value for key, value in values.items() if value is not None}
 
 
+def _per_core(plan: Plan, step: Step) -> float:
+    """Sessions one core would serve at ``step``'s cost per frame, were it all theirs: a
+    projection, not a measurement (it ignores the upgrades, the timers' precision and the
+    machine's other tenants)."""
+    frames_per_s = plan.channels * 1000.0 / plan.frame_ms
+    return 1e6 / (step.cpu_us_per_frame * frames_per_s) if step.frames_counted else 0.0
+
+
 def run(quick: bool = False) -> dict[str, float]:
     figures: dict[str, float] = {}
     for plan in PLANS:
-        held, at_target = run_plan(plan, quick)
-        figures.update(_figures(plan, held, at_target))
+        first, held, at_target = run_plan(plan, quick)
+        figures.update(_figures(plan, first, held, at_target))
         print(
             f"{plan.dialect}: {held.sessions if held else 0} sessions held (p99 ready->sink "
-            f"<= {LAG_LIMIT_MS:.0f} ms, every frame accounted, late <= {LATE_LIMIT:.0%})"
+            f"<= {LAG_LIMIT_MS:.0f} ms, every frame accounted, late <= {LATE_LIMIT:.0%}); "
+            f"{first.cpu_us_per_frame:.0f} us of serve CPU per frame at N={first.sessions}, "
+            f"so one core all its own would serve about {_per_core(plan, first):.0f} "
+            "(a projection)"
         )
     return figures
 
