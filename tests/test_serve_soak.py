@@ -1,9 +1,9 @@
 """The inbound fault soak's CI profile (docs/reliability.md): ``python -m
 jitterline.serve_soak`` with the whole catalogue once beside rounds of four good sessions
-(two AudioHook, two Twilio), run as a user runs it. What must hold: every fault answered the documented way, every good
-session completed with each frame it sent counted once by the server, every upgrade and
-refusal the clients saw counted once by the server, every summary balanced, and no
-descriptor, thread or session left behind."""
+(two AudioHook, two Twilio), run as a user runs it. What must hold: every fault answered
+the documented way, every good session completed with each frame it sent counted once by
+its server, every upgrade and refusal the clients saw counted once by the servers, every
+summary balanced, and no descriptor, thread or session left behind."""
 
 from __future__ import annotations
 
