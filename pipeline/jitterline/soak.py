@@ -23,10 +23,10 @@ Time is compressed where the session lets it: backoff of 10-50 ms, pings every 0
 20 ms frame every 20 ms), and an unanswered handshake costs the transport's fixed connect
 timeout (``transport.IO_TIMEOUT_S``), so it comes last in the catalogue.
 
-This soak drives the dial-out side. The inbound server's faults (malformed upgrades, bad
-signatures, slowloris clients, floods past ``--max-sessions``, protocol violations beside
-ten good sessions) are tested one by one in ``tests/test_serve_*.py``; a soak of their
-mix is not built yet.
+This soak drives the dial-out side; ``serve_soak`` throws the inbound server's faults
+(malformed upgrades, bad signatures, slowloris clients, floods past ``--max-sessions``,
+protocol violations, drops) at a real server while good sessions stream, and shares this
+module's ``Resources`` and ``FaultResult``.
 """
 
 from __future__ import annotations

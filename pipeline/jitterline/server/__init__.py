@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .config import API_KEYS_ENV, TWILIO_TOKEN_ENV, Credentials, ServeOptions, load_credentials
 from .gate import HEALTH_PATHS, Decision, Gate
-from .report import SessionIdentity, SummaryWriter, session_summary
+from .report import SessionIdentity, SinkLag, SummaryWriter, session_summary
 from .shell import InboundServer, ServedSession, Totals
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "ServeOptions",
     "ServedSession",
     "SessionIdentity",
+    "SinkLag",
     "SummaryWriter",
     "Totals",
     "load_credentials",

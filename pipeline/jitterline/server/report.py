@@ -16,16 +16,17 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from ..diagnosis import Diagnosis
+from ..emulator.players import Histogram
 from ..errors import ConfigError
-from ..frames import Stats
+from ..frames import AudioFrame, Stats
 from ..summary import summarize
 
-__all__ = ["SessionIdentity", "SummaryWriter", "session_summary"]
+__all__ = ["SessionIdentity", "SinkLag", "SummaryWriter", "session_summary"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,52 @@ def session_summary(
         "probe": identity.probe,
     }
     return document
+
+
+_LAG_QUANTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
+
+
+class SinkLag:
+    """How long a served session's played frames took to reach the sinks, per channel.
+
+    ``arrival_to_sink_ms``: from the message's arrival (``arrival_s``, stamped when the
+    shell handed it over) to the moment the sinks had the frame: the buffer's deliberate
+    delay plus whatever the runtime added. ``ready_to_sink_ms``: from the moment the frame
+    could play (it had arrived and its playout slot, ``playout_s``, had come) to that
+    moment: the runtime's own delay alone (a late timer, a busy loop), which grows when
+    one process holds more sessions than it can serve; a frame that arrived after its slot
+    and was still played counts from its arrival, so a late sender does not show as a slow
+    server. Concealed frames never arrived and are left out. Measured on the pipeline's
+    output, right after the sink hooks ran, so no stage changes; memory is bounded
+    (``Histogram`` keeps buckets, not values)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._channels: dict[str, tuple[Histogram, Histogram]] = {}
+
+    def played(self, frame: AudioFrame) -> None:
+        if frame.concealed or frame.playout_s is None:
+            return
+        now_s = self._clock()
+        histograms = self._channels.get(frame.channel)
+        if histograms is None:
+            histograms = self._channels[frame.channel] = (Histogram(), Histogram())
+        histograms[0].add((now_s - frame.arrival_s) * 1000.0)
+        histograms[1].add((now_s - max(frame.arrival_s, frame.playout_s)) * 1000.0)
+
+    def figures(self, channel: str) -> dict[str, dict[str, float | int | None]]:
+        """The summary's ``stream.arrival_to_sink_ms`` and ``stream.ready_to_sink_ms``."""
+        arrival, ready = self._channels.get(channel, (Histogram(), Histogram()))
+        return {"arrival_to_sink_ms": _quantiles(arrival), "ready_to_sink_ms": _quantiles(ready)}
+
+
+def _quantiles(histogram: Histogram) -> dict[str, float | int | None]:
+    shown: dict[str, float | int | None] = {"count": histogram.count}
+    for name, q in _LAG_QUANTILES:
+        value = histogram.quantile_ms(q)
+        shown[name] = None if value is None else round(value, 3)
+    shown["max"] = round(histogram.max_ms, 3) if histogram.count else None
+    return shown
 
 
 class SummaryWriter:

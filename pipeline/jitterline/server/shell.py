@@ -32,7 +32,7 @@ import socket
 import ssl
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +48,7 @@ from ..protocols import Dialect
 from ..runtime import Connection, Finished, Runtime
 from .config import GENESYS_DIALECTS, ServeOptions
 from .gate import Decision, Gate
-from .report import SessionIdentity, SummaryWriter, session_summary
+from .report import SessionIdentity, SinkLag, SummaryWriter, session_summary
 
 __all__ = ["InboundServer", "ServedSession", "Totals", "add_counts"]
 
@@ -87,16 +87,21 @@ class ServedSession:
     """One accepted WebSocket: its connection on the runtime and the newest snapshot of
     each channel (what the live status shows)."""
 
-    def __init__(self, number: int, dialect: str, started_s: float) -> None:
+    def __init__(
+        self, number: int, dialect: str, started_s: float, clock: Callable[[], float]
+    ) -> None:
         self.number = number
         self.dialect = dialect
         self.started_s = started_s
         self.latest: dict[str, Stats] = {}
         self.connection: Connection | None = None
+        self.lag = SinkLag(clock)
 
     def item(self, item: AudioFrame | Stats) -> None:
         if isinstance(item, Stats):
             self.latest[item.channel] = item
+        else:
+            self.lag.played(item)
 
     @property
     def identity(self) -> SessionIdentity:
@@ -294,7 +299,7 @@ class InboundServer:
     async def _session(self, ws: ServerConnection) -> None:
         clock = self.runtime.clock
         self._numbers += 1
-        session = ServedSession(self._numbers, self.options.dialect, clock())
+        session = ServedSession(self._numbers, self.options.dialect, clock(), clock)
         outgoing: asyncio.Queue[str | bytes | None] = asyncio.Queue()
         proto = self._protocol(ws.request.headers.raw_items() if ws.request else ())
         connection = self.runtime.connect(
@@ -374,6 +379,7 @@ class InboundServer:
             self.totals.add_frames(stats.frames)
             summary = session_summary(stats, diagnosis, identity, run=self.run)
             summary["stream"]["duration_s"] = round(ended_s - session.started_s, 3)
+            summary["stream"].update(session.lag.figures(stats.channel))
             self.writer.write(summary)
 
 
