@@ -13,7 +13,7 @@ import json
 import sys
 from collections.abc import Callable
 
-BENCHMARKS = ("pipeline", "sessions", "jitter", "codecs")
+BENCHMARKS = ("pipeline", "sessions", "jitter", "codecs", "throughput")
 
 
 def _load(name: str) -> Callable[[bool], dict[str, float]]:
