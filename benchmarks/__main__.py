@@ -13,7 +13,7 @@ import json
 import sys
 from collections.abc import Callable
 
-BENCHMARKS = ("pipeline", "sessions", "jitter", "codecs", "throughput")
+BENCHMARKS = ("pipeline", "sessions", "jitter", "codecs", "throughput", "idle", "memory")
 
 
 def _load(name: str) -> Callable[[bool], dict[str, float]]:
