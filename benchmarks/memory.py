@@ -221,8 +221,8 @@ def run(quick: bool = False) -> dict[str, float]:
     started = time.perf_counter()
     readings = growth(minutes)
     print(f"one stream, {minutes} min of virtual time ({time.perf_counter() - started:.0f} s):")
-    for minute, traced in readings:
-        print(f"  {minute:3d} min  {traced / 1024:8.1f} KiB traced")
+    for minute, size in readings:
+        print(f"  {minute:3d} min  {size / 1024:8.1f} KiB traced")
     warm = dict(readings)[WARM_MIN]
     growth_pct = (readings[-1][1] - warm) / warm * 100.0
     print(f"memory_growth_pct ({WARM_MIN} -> {minutes} min): {growth_pct:.2f} (target < 5)")
