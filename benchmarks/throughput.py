@@ -24,7 +24,10 @@ message to its last (``perf_counter`` on the thread that handles them), and each
   playout quality.
 
 Receivers are timed round-robin, best of ``repeats`` each, so a busy moment on this
-shared 2-core machine weighs on all of them alike.
+shared 2-core machine weighs on all of them alike. Keep-alive pings are off on both ends
+(``ping_interval_s=0``, the server's ``ping_interval=None``): a pong queued behind 11 MB of
+burst reaches a slow receiver more than ``ping_timeout_s`` later, and the link would be
+declared dead while it is delivering.
 """
 
 from __future__ import annotations
@@ -111,7 +114,9 @@ async def _serve(conn: multiprocessing.connection.Connection, burst: bytes) -> N
         except websockets.exceptions.ConnectionClosed:
             pass  # the receiver closes once it counted everything
 
-    async with websockets.asyncio.server.serve(handle, "127.0.0.1", 0, compression=None) as srv:
+    async with websockets.asyncio.server.serve(
+        handle, "127.0.0.1", 0, compression=None, ping_interval=None
+    ) as srv:
         port = srv.sockets[0].getsockname()[1]
         conn.send(f"ws://127.0.0.1:{port}/appfoundry/v1/applications/demo/conversations")
         await asyncio.get_running_loop().run_in_executor(None, conn.recv)
@@ -144,7 +149,12 @@ def session(url: str, expected: int, ioloop: IOLoop) -> float:
 
     dialect = AppFoundryDialect(role="client", session_id="bench", wall_clock=time.time)
     with Session(
-        url, dialect=dialect, on_message=on_message, ioloop=ioloop, max_attempts=1
+        url,
+        dialect=dialect,
+        on_message=on_message,
+        ioloop=ioloop,
+        max_attempts=1,
+        ping_interval_s=0,
     ) as live:
         timing.done.wait(_WAIT_S)
         live.close(1.0)
@@ -165,7 +175,9 @@ def pipeline(url: str, expected: int, ioloop: IOLoop) -> float:
     timing = Timing(expected)
     runtime = Runtime(PluginHost(plugins=[_Arrivals(timing)]), ioloop=ioloop)
     proto = runtime.host.dialects.get("appfoundry")(role="client", session_id="bench")
-    connection, live = runtime.dial(url, proto, PipelineConfig(), max_attempts=1)
+    connection, live = runtime.dial(
+        url, proto, PipelineConfig(), max_attempts=1, ping_interval_s=0
+    )
     live.start()
     timing.done.wait(_WAIT_S)
     live.close(1.0)
