@@ -2,23 +2,26 @@
 
 Run: ``python -m benchmarks memory [--quick]`` or ``python -m benchmarks.memory``.
 
-**Per session** (``memory_kib_per_session``, target <= 256 KiB). The broadcasting
-endpoint of ``benchmarks/sessions.py`` (one 20 ms L16 ``audio_chunk`` built every 20 ms and
-written to every connection: cheap per connection, so it keeps time) runs in a child; N
-dial-out streams connect through one ``Runtime``, each with its protocol object and full
-pipeline, and stream for ``STREAM_S`` (longer than the latency window's 10 s, so every
-bounded structure has filled). The figure is the growth of this process's resident set
-(``/proc/self/statm``), taken after ``gc.collect()`` before the streams connect and while
-they stream, divided by N. RSS is what the machine pays: it includes what tracemalloc
-cannot see (sockets' user-space buffers in C, allocator slack and fragmentation, numpy's
-and OpenSSL's own allocations); it is noisy at the scale of an arena (256 KiB), hence many
-sessions at once and a warm-up stream first, so that one-off costs (lazy imports, caches,
-the first pipeline's code objects) are paid before the baseline. A second pass under
-``tracemalloc`` gives the Python-heap share per session (``memory_traced_kib_per_session``,
-10 streams, not in ``--quick``), for attribution only: tracing slows every allocation, so it
-is not the keyed figure. Each pass prints the mean frames its streams counted lost: a
-loop that falls behind reads frames too late, and they fill the buffer's memory of lost
-seqs (up to 1024, about 115 KiB), so a loaded machine shows a higher figure.
+**Per session** (``memory_kib_per_session``, target <= 256 KiB). The broadcasting endpoint
+of ``benchmarks/sessions.py`` (one 20 ms L16 ``audio_chunk`` built every 20 ms and written
+to every connection: cheap per connection, so it keeps time) runs in a child; ``SESSIONS``
+(40) dial-out streams connect through one ``Runtime``, each with its protocol object and
+full pipeline, and stream for ``STREAM_S`` (longer than the latency window's 10 s, so
+every bounded structure has filled). The figure is the growth of this process's resident
+set (``/proc/self/statm``), taken after ``gc.collect()`` before the streams connect and
+while they stream, divided by their number. 40 because one loop on this 2-core machine
+keeps up with about 50 live pipelines (``benchmarks/sessions.py``): past that, frames are
+read late and counted lost, which fills per-stream memory a healthy stream never fills.
+RSS is what the machine pays: it includes what tracemalloc cannot see (sockets' user-space
+buffers in C, allocator slack and fragmentation, numpy's and OpenSSL's own allocations);
+it is noisy at the scale of an allocator arena, hence many sessions at once and a warm-up
+stream first, so that one-off costs (lazy imports, caches, the first pipeline's code
+objects) are paid before the baseline. A second pass under ``tracemalloc`` gives the
+Python-heap share per session (``memory_traced_kib_per_session``, 10 streams, not in
+``--quick``), for attribution only: tracing slows every allocation, so it is not the keyed
+figure. Each pass prints the mean frames its streams counted lost: a loop that falls
+behind reads frames too late, and they fill the buffer's memory of lost seqs (up to 1024,
+about 115 KiB), so a loaded machine shows a higher figure.
 
 **Growth over an hour** (``memory_growth_pct``, target < 5 %). One stream's pipeline on a
 ``HistoricalScheduler`` is fed an hour of virtual time (180 000 messages of 20 ms) with
@@ -58,6 +61,7 @@ from jitterline.transport import IOLoop
 from .sessions import _endpoint as broadcasting_endpoint
 
 STREAM_S = 12.0
+SESSIONS = 40
 TRACED_SESSIONS = 10
 FRAME_S = 0.02
 WARM_MIN = 5
@@ -195,7 +199,7 @@ def growth(minutes: int) -> list[tuple[int, int]]:
 
 
 def run(quick: bool = False) -> dict[str, float]:
-    n = 30 if quick else 100
+    n = SESSIONS
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
     endpoint = context.Process(target=broadcasting_endpoint, args=(child,))
@@ -241,7 +245,7 @@ def run(quick: bool = False) -> dict[str, float]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--quick", action="store_true", help="30 live streams, not 100; 10 virtual minutes, not 60"
+        "--quick", action="store_true", help="10 virtual minutes, not 60; no traced pass"
     )
     run(parser.parse_args(argv).quick)
 
