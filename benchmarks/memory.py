@@ -9,30 +9,35 @@ to every connection: cheap per connection, so it keeps time) runs in a child; ``
 full pipeline, and stream for ``STREAM_S`` (longer than the latency window's 10 s, so
 every bounded structure has filled). The figure is the growth of this process's resident
 set (``/proc/self/statm``), taken after ``gc.collect()`` before the streams connect and
-while they stream, divided by their number. 40 because one loop on this 2-core machine
-keeps up with about 50 live pipelines (``benchmarks/sessions.py``): past that, frames are
-read late and counted lost, which fills per-stream memory a healthy stream never fills.
-RSS is what the machine pays: it includes what tracemalloc cannot see (sockets' user-space
-buffers in C, allocator slack and fragmentation, numpy's and OpenSSL's own allocations);
-it is noisy at the scale of an allocator arena, hence many sessions at once and a warm-up
-stream first, so that one-off costs (lazy imports, caches, the first pipeline's code
-objects) are paid before the baseline. A second pass under ``tracemalloc`` gives the
-Python-heap share per session (``memory_traced_kib_per_session``, 10 streams, not in
-``--quick``), for attribution only: tracing slows every allocation, so it is not the keyed
-figure. Each pass prints the mean frames its streams counted lost: a loop that falls
-behind reads frames too late, and they fill the buffer's memory of lost seqs (up to 1024,
-about 115 KiB), so a loaded machine shows a higher figure.
+while they stream, divided by their number, in a process of its own (memory freed by
+earlier benchmarks of the run would be reused without growing RSS). 40 because one loop on
+this 2-core machine keeps up with about 50 live pipelines (``benchmarks/sessions.py``):
+past that, frames are read late and counted lost, which fills per-stream memory a healthy
+stream never fills. RSS is what the machine pays: it includes what tracemalloc cannot see
+(sockets' user-space buffers in C, allocator slack and fragmentation, numpy's and
+OpenSSL's own allocations); it is noisy at the scale of an allocator arena, hence many
+sessions at once and a warm-up stream first, so that one-off costs (lazy imports, caches,
+the first pipeline's code objects) are paid before the baseline. A second pass under
+``tracemalloc`` gives the Python-heap share per session
+(``memory_traced_kib_per_session``, 10 streams, not in ``--quick``), for attribution only:
+tracing slows every allocation, so it is not the keyed figure. Each pass prints the mean
+frames its streams counted lost: a loop that falls behind reads frames too late, and they
+fill the buffer's memory of lost seqs (up to 1024, about 115 KiB), so a loaded machine
+shows a higher figure.
 
 **Growth over an hour** (``memory_growth_pct``, target < 5 %). One stream's pipeline on a
 ``HistoricalScheduler`` is fed an hour of virtual time (180 000 messages of 20 ms) with
 exponential jitter (mean 10 ms), bursty loss (a Gilbert-Elliott chain, about 12 %), 0.5 %
 reordered by up to 3 frames and 0.2 % duplicates, generated on the fly so the input holds
-O(1) memory. ``tracemalloc`` (exact, deterministic, per allocation, which RSS is not at
-this scale) reads the traced heap at each checkpoint; growth is the last checkpoint over
-the one at ``WARM_MIN`` minutes, by when the windows and the 1024-seq memory of lost
-frames have filled. All checkpoints are printed, so the fill-up shows too. Tracing makes
-the pipeline about 4x slower, so ``--quick`` runs 10 virtual minutes (growth from 5 to
-10; ``memory_growth_minutes`` says which): the published figure is the full run's.
+O(1) memory, after an untraced 2-minute warm-up stream (first-use costs such as lazy
+imports and caches are not the stream's). ``tracemalloc`` (exact, deterministic, per
+allocation, which RSS is not at this scale) reads the traced heap at each checkpoint;
+growth is the last checkpoint over the one at ``WARM_MIN`` (10) minutes, by when the
+bounded structures have filled (the windows, the 1024-seq memory of lost frames, the 1 ms
+wait histogram, their dicts' resizes). All checkpoints are printed, so the
+fill-up shows too. Tracing makes the pipeline about 4x slower, so ``--quick`` runs 15
+virtual minutes (growth from 10 to 15; ``memory_growth_minutes`` says which): the published
+figure is the full run's.
 """
 
 from __future__ import annotations
@@ -64,9 +69,10 @@ STREAM_S = 12.0
 SESSIONS = 40
 TRACED_SESSIONS = 10
 FRAME_S = 0.02
-WARM_MIN = 5
-CHECKPOINTS_MIN = (1, 2, 3, 4, WARM_MIN, 10, 20, 30, 40, 50, 60)
-QUICK_MINUTES = 10
+WARM_MIN = 10
+CHECKPOINTS_MIN = (1, 2, 3, 4, 5, WARM_MIN, 15, 20, 30, 40, 50, 60)
+QUICK_MINUTES = 15
+WARMUP_MIN = 2
 _STREAM_TIMEOUT_S = 120.0
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -134,6 +140,38 @@ def per_session(url: str, n: int, *, traced: bool) -> tuple[float, float]:
     return (during.measured - before) / n / 1024.0, during.lost_per_stream
 
 
+def _per_session_worker(
+    conn: multiprocessing.connection.Connection, url: str, n: int, traced: bool
+) -> None:
+    try:
+        conn.send(("ok", per_session(url, n, traced=traced)))
+    except Exception as exc:
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+        raise
+
+
+def per_session_fresh(url: str, n: int, *, traced: bool) -> tuple[float, float]:
+    """``per_session`` in a new process: memory that earlier benchmarks of the same run
+    freed stays with the allocator and is reused without growing RSS, which would hide
+    the growth being measured."""
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    worker = context.Process(target=_per_session_worker, args=(child, url, n, traced))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 3 * _STREAM_TIMEOUT_S
+        while not parent.poll(1.0):
+            if not worker.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the measuring process ended without a result")
+        status, result = parent.recv()
+    finally:
+        worker.join(10)
+    if status != "ok":
+        raise RuntimeError(f"the measuring process failed: {result}")
+    kib, lost = result
+    return float(kib), float(lost)
+
+
 # -- growth over an hour of virtual time ----------------------------------------------------
 
 
@@ -167,32 +205,41 @@ def _message(tone: bytes, arrival_s: float, seq: int) -> Message:
     return Message(text, arrival_s=arrival_s)
 
 
+def _play(
+    minutes: int, checkpoints_min: Sequence[int], measure: Callable[[], int]
+) -> list[tuple[int, int]]:
+    """Feed one pipeline ``minutes`` of ``lossy_messages``; ``measure()`` at each checkpoint."""
+    scheduler = HistoricalScheduler()
+    source: Subject[Message] = Subject()
+    pipeline = build_pipeline(source, scheduler=scheduler, config=PipelineConfig())
+    pipeline.output.subscribe(scheduler=scheduler)
+    checkpoints = [minute for minute in checkpoints_min if minute <= minutes]
+    readings: list[tuple[int, int]] = []
+    for message in lossy_messages(minutes):
+        if checkpoints and message.arrival_s >= checkpoints[0] * 60.0:
+            gc.collect()
+            readings.append((checkpoints.pop(0), measure()))
+        scheduler.advance_to(scheduler.to_datetime(message.arrival_s))
+        source.on_next(message)
+    gc.collect()
+    readings.extend((minute, measure()) for minute in checkpoints)
+    source.on_completed()
+    scheduler.start()
+    if not pipeline.final()[0].frames.balanced:
+        raise RuntimeError("the stream's frames do not add up; see Stats.frames")
+    return readings
+
+
 def growth(minutes: int) -> list[tuple[int, int]]:
-    """(minute, traced bytes) at each checkpoint of one stream's ``minutes``."""
+    """(minute, traced bytes) at each checkpoint of one stream's ``minutes``, after an
+    untraced warm-up stream (first-use costs, such as lazy imports and caches, are not the
+    stream's)."""
+    _play(WARMUP_MIN, (), traced_bytes)
     tracemalloc.start()
     try:
-        scheduler = HistoricalScheduler()
-        source: Subject[Message] = Subject()
-        pipeline = build_pipeline(source, scheduler=scheduler, config=PipelineConfig())
-        pipeline.output.subscribe(scheduler=scheduler)
-        checkpoints = [minute for minute in CHECKPOINTS_MIN if minute <= minutes]
-        readings: list[tuple[int, int]] = []
-        for message in lossy_messages(minutes):
-            if checkpoints and message.arrival_s >= checkpoints[0] * 60.0:
-                gc.collect()
-                readings.append((checkpoints.pop(0), tracemalloc.get_traced_memory()[0]))
-            scheduler.advance_to(scheduler.to_datetime(message.arrival_s))
-            source.on_next(message)
-        gc.collect()
-        readings.extend((minute, tracemalloc.get_traced_memory()[0]) for minute in checkpoints)
-        source.on_completed()
-        scheduler.start()
-        stats = pipeline.final()[0]
-        if not stats.frames.balanced:
-            raise RuntimeError("the stream's frames do not add up; see Stats.frames")
+        return _play(minutes, CHECKPOINTS_MIN, traced_bytes)
     finally:
         tracemalloc.stop()
-    return readings
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -206,8 +253,8 @@ def run(quick: bool = False) -> dict[str, float]:
     endpoint.start()
     try:
         url = parent.recv()
-        rss_kib, rss_lost = per_session(url, n, traced=False)
-        traced = None if quick else per_session(url, TRACED_SESSIONS, traced=True)
+        rss_kib, rss_lost = per_session_fresh(url, n, traced=False)
+        traced = None if quick else per_session_fresh(url, TRACED_SESSIONS, traced=True)
     finally:
         parent.send("stop")
         endpoint.join(10)
@@ -245,7 +292,7 @@ def run(quick: bool = False) -> dict[str, float]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--quick", action="store_true", help="10 virtual minutes, not 60; no traced pass"
+        "--quick", action="store_true", help="15 virtual minutes, not 60; no traced pass"
     )
     run(parser.parse_args(argv).quick)
 
