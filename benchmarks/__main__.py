@@ -13,7 +13,18 @@ import json
 import sys
 from collections.abc import Callable
 
-BENCHMARKS = ("pipeline", "sessions", "jitter", "codecs", "serve", "fleet", "analyze")
+BENCHMARKS = (
+    "pipeline",
+    "sessions",
+    "jitter",
+    "codecs",
+    "throughput",
+    "idle",
+    "memory",
+    "serve",
+    "fleet",
+    "analyze",
+)
 
 
 def _load(name: str) -> Callable[[bool], dict[str, float]]:

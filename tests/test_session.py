@@ -675,6 +675,59 @@ def test_text_that_is_not_utf8_breaks_the_protocol_and_the_session_reconnects(
     assert diagnostics.messages_in == 1
 
 
+@pytest.mark.parametrize(
+    "fragments",
+    [
+        [b"\xed\xa0\x80"],  # a UTF-16 surrogate, encoded: not UTF-8 (RFC 3629 section 3)
+        [b"\xc0\xaf"],  # an overlong "/"
+        [b"euro \xe2\x82", b""],  # a character cut short by the end of the message
+        [b"a\xff", b"b"],  # a byte no UTF-8 sequence uses, in the first fragment
+    ],
+    ids=["surrogate", "overlong", "truncated", "invalid-byte"],
+)
+def test_text_the_library_does_not_validate_is_still_refused_when_not_utf8(
+    recorder: Recorder, fragments: list[bytes]
+) -> None:
+    """websocket-client's own UTF-8 check is off (it is pure Python and was most of the
+    read cost); the session's strict decode of the whole message must refuse all of it."""
+
+    def script(connection: socket.socket, number: int) -> None:
+        if number > 1:
+            _hello_then_hold(connection, peer.stop)
+            return
+        last = len(fragments) - 1
+        connection.sendall(
+            b"".join(
+                server_frame(ABNF.OPCODE_CONT if i else ABNF.OPCODE_TEXT, part, fin=i == last)
+                for i, part in enumerate(fragments)
+            )
+        )
+        peer.stop.wait(WAIT_S)
+
+    with RawPeer(script) as peer, make_session(peer.url, recorder) as session:
+        recorder.wait_for(lambda: any(m.data == "hello" for m in recorder.messages()))
+        diagnostics = session.diagnostics()
+    assert [m.data for m in recorder.messages()] == ["hello"]
+    first = recorder.events("disconnected")[0]
+    assert (first.code, "not UTF-8" in first.reason) == (1002, True)
+    assert diagnostics.messages_in == 1
+
+
+def test_a_character_split_across_fragments_arrives_whole(recorder: Recorder) -> None:
+    def script(connection: socket.socket, number: int) -> None:
+        connection.sendall(
+            server_frame(ABNF.OPCODE_TEXT, b"5 \xe2\x82", fin=False)
+            + server_frame(ABNF.OPCODE_CONT, b"\xac")
+        )
+        peer.stop.wait(WAIT_S)
+
+    with RawPeer(script) as peer, make_session(peer.url, recorder):
+        recorder.wait_for(lambda: len(recorder.messages()) == 1)
+        dropped = recorder.events("disconnected")
+    assert recorder.messages()[0].data == "5 \u20ac"
+    assert dropped == []
+
+
 def test_a_ping_from_the_peer_is_answered_with_its_payload(recorder: Recorder) -> None:
     answers: list[tuple[int, bytes]] = []
 

@@ -145,7 +145,7 @@ class _Reader:
         self.bytes_read = 0
 
     def recv(self, bufsize: int) -> bytes:
-        if self._pos >= len(self._data):
+        if not self._data:
             data = self._sock.recv(READ_CHUNK_BYTES)
             if not data:
                 raise _PeerEOF
@@ -153,6 +153,10 @@ class _Reader:
             self._data, self._pos = data, 0
         chunk = self._data[self._pos : self._pos + bufsize]
         self._pos += len(chunk)
+        if self._pos >= len(self._data):
+            # Let go of a consumed read at once: an idle stream would otherwise hold its
+            # last burst (up to READ_CHUNK_BYTES) until the next one.
+            self._data = b""
         return chunk
 
 

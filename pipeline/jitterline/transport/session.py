@@ -46,6 +46,10 @@ __all__ = ["FATAL_CLOSE_CODES", "IO_TIMEOUT_S", "Session", "SessionDiagnostics"]
 logger = logging.getLogger(__name__)
 
 _CLOSE_WAIT_CAP_S = 1.0
+_SHARED_RNG = random.Random()
+"""Backoff jitter and session ids of sessions given no ``rng``: one generator for all, as
+the ``random`` module's own functions share one (a ``Random`` holds 2.5 KiB of state, paid
+per session otherwise); pass ``rng`` for reproducible delays."""
 
 
 class Session:
@@ -95,7 +99,7 @@ class Session:
     ) -> None:
         self._url = _check_session_url(url, allow_insecure)
         self.url = redact_url(url)
-        rng = rng if rng is not None else random.Random()
+        rng = rng if rng is not None else _SHARED_RNG
         self.session_id = session_id or str(uuid.UUID(int=rng.getrandbits(128), version=4))
         self._core = SessionCore(
             url=self.url,
