@@ -8,8 +8,8 @@ Properties:
   holds after every call, and every frame that left is counted once, as played or
   concealed;
 - ``lost`` is the number of sequence numbers of the played stretch that never arrived;
-- frames leave in strictly increasing seq (between two pauses or discontinuities, after
-  which a sender may restart its numbering) and ``playout_s`` never goes backwards,
+- frames leave in strictly increasing seq (between two re-anchors: after a pause or a
+  discontinuity a sender may restart its numbering) and ``playout_s`` never goes backwards,
   however the arrival times are ordered (item 8).
 """
 
@@ -80,8 +80,8 @@ class Run:
     buffered: set[int] = field(default_factory=set)
     buffered_at_close: set[int] | None = None
     breaks: list[int] = field(default_factory=list)
-    """Where in ``emitted`` a pause or discontinuity fell: the sender may restart its
-    numbering there, and the buffer plays the new numbering (a restart)."""
+    """Where in ``emitted`` the buffer re-anchored on a pushed frame: after a pause or a
+    discontinuity a lower seq is a sender restarting its numbering, played as such."""
 
     def numberings(self) -> list[list[int]]:
         bounds = [0, *self.breaks, len(self.emitted)]
@@ -98,6 +98,8 @@ def drive(buffer: JitterBuffer, ops: list[tuple[object, ...]]) -> Run:
             if not buffer.closed and buffer.last_outcome != "overflow":
                 run.pushed.add(seq)
             run.emitted += out
+            if buffer.last_reanchored:
+                run.breaks.append(len(run.emitted))
             run.buffered -= {f.seq for f in out}
             if buffer.last_outcome == "buffered" and not buffer.closed:
                 run.buffered.add(seq)
@@ -115,8 +117,6 @@ def drive(buffer: JitterBuffer, ops: list[tuple[object, ...]]) -> Run:
                 out = getattr(buffer, {"pop": "pop_due"}.get(str(name), str(name)))(at_s) or []
             run.emitted += out
             run.buffered -= {f.seq for f in out}
-            if name in ("pause", "discontinuity"):
-                run.breaks.append(len(run.emitted))
         check_counts(buffer, run)
     return run
 
