@@ -45,7 +45,7 @@ import websockets.exceptions
 from jitterline import Message, PipelineConfig, PluginHost, StreamInfo, hookimpl
 from jitterline.codecs import encode
 from jitterline.protocols.appfoundry import audio_chunk_message, initialize_ack_message
-from jitterline.runtime import Runtime
+from jitterline.runtime import Runtime, tune_gc
 from jitterline.transport import IOLoop
 
 LAG_LIMIT_MS = 20.0
@@ -129,6 +129,7 @@ def measure_jitterline(url: str, n: int, window_s: float) -> tuple[float, bool]:
             streams.append(
                 runtime.dial(url, proto, PipelineConfig(), max_attempts=1, ping_interval_s=0)
             )
+        tune_gc()  # as jitterline serve / run do
         for _, session in streams:
             session.start()
         _settle(lambda: sum(s.diagnostics().connected for _, s in streams) == n)

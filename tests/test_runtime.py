@@ -4,6 +4,8 @@ descriptors do not grow with them, and the stages never race each other."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -127,3 +129,18 @@ def no_thread_left_behind() -> Iterator[None]:
     leftover = {t.name for t in threading.enumerate()} - before
     # The process-wide I/O loop (and its helper pool) lives on by design; nothing else.
     assert not {n for n in leftover if n.startswith("jitterline") and "-io" not in n}
+
+
+def test_tune_gc_freezes_start_up_and_makes_collections_rarer() -> None:
+    """In a child process: the tuning is process-wide, and a test must not impose it on
+    the test runner."""
+    code = (
+        "import gc; from jitterline.runtime import GC_THRESHOLDS, tune_gc; "
+        "before = gc.get_threshold(); tune_gc(); "
+        "print(before[0] < gc.get_threshold()[0], gc.get_threshold() == GC_THRESHOLDS, "
+        "gc.get_freeze_count() > 1000)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["True", "True", "True"]

@@ -436,7 +436,10 @@ def _live(
     """The run with its live view: registered as a plugin for the run (verdict, alerts),
     fed the connection events, and shown unless ``--quiet``."""
     from .live import run_live
+    from .runtime import tune_gc
     from .status import AttemptLog, LiveView, StatusLogHandler, make_status
+
+    tune_gc()
 
     view = LiveView(max_attempts=options.max_attempts, duration_s=shown_duration_s)
     handler = next(

@@ -24,7 +24,7 @@ from .. import checks
 from ..config import PipelineConfig
 from ..errors import ConfigError
 from ..plugins import PluginHost
-from ..runtime import Runtime
+from ..runtime import Runtime, tune_gc
 from ..serve_status import ServeStatus
 from .config import API_KEYS_ENV, SERVE_DIALECTS, TWILIO_TOKEN_ENV, ServeOptions, load_credentials
 from .prompt import PromptPlayer, check_prompt_dialect, load_prompt
@@ -178,6 +178,7 @@ def serve(args: argparse.Namespace, host: PluginHost, config: PipelineConfig) ->
     _register_prompt(args, host, options.dialect)
     role = worker_role(args)
     runtime = Runtime(host)
+    tune_gc()
     run: dict[str, object] = {"command": "serve", "dialect": options.dialect}
     run["path"] = options.path
     if role is not None:
