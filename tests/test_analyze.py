@@ -292,7 +292,7 @@ def test_a_cluster_without_workers_is_a_usage_error_not_a_wait_for_ever(
     ("given", "address"),
     [
         ("dask://sched.internal:8786", "tcp://sched.internal:8786"),
-        ("10.0.0.5:8786", "tcp://10.0.0.5:8786"),
+        ("127.0.0.1:8786", "tcp://127.0.0.1:8786"),
         ("tls://sched:8786", "tls://sched:8786"),
     ],
 )

@@ -27,9 +27,9 @@ def test_the_template_gets_one_checked_server_line_per_worker() -> None:
         TEMPLATE,
         bind=":443 ssl crt /etc/haproxy/voice.pem",
         stats_bind="127.0.0.1:8404",
-        servers=[("10.0.0.11", 9000), ("10.0.0.11", 9001)],
+        servers=[("127.0.0.1", 9000), ("127.0.0.1", 9001)],
     )
-    assert "    server w0 10.0.0.11:9000 check\n    server w1 10.0.0.11:9001 check" in text
+    assert "    server w0 127.0.0.1:9000 check\n    server w1 127.0.0.1:9001 check" in text
     assert "bind :443 ssl crt /etc/haproxy/voice.pem\n" in text
     assert "${" not in text and "$servers" not in text
 

@@ -565,6 +565,18 @@ class Resources:
         names = tuple(sorted(thread.name for thread in threading.enumerate()))
         return Resources(descriptors, names, rss_kb)
 
+    def threads_since(self, before: Resources) -> list[str]:
+        """The threads running now that were not running ``before`` (a name counts as
+        often as it runs: two workers of one name are two threads)."""
+        remaining = list(before.threads)
+        extra = []
+        for name in self.threads:
+            if name in remaining:
+                remaining.remove(name)
+            else:
+                extra.append(name)
+        return extra
+
 
 @dataclass(frozen=True, slots=True)
 class FaultResult:
@@ -606,14 +618,7 @@ class SoakReport:
 
     @property
     def new_threads(self) -> list[str]:
-        remaining = list(self.before.threads)
-        extra = []
-        for name in self.after.threads:
-            if name in remaining:
-                remaining.remove(name)
-            else:
-                extra.append(name)
-        return extra
+        return self.after.threads_since(self.before)
 
     @property
     def delivered_counted_once(self) -> bool:

@@ -30,14 +30,7 @@ class ServeSoakReport:
 
     @property
     def new_threads(self) -> list[str]:
-        remaining = list(self.before.threads)
-        extra = []
-        for name in self.after.threads:
-            if name in remaining:
-                remaining.remove(name)
-            else:
-                extra.append(name)
-        return extra
+        return self.after.threads_since(self.before)
 
     @property
     def leaked(self) -> bool:
