@@ -8,47 +8,30 @@ summary balanced, and no descriptor, thread or session left behind."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from jitterline.errors import ConfigError
 from jitterline.serve_soak import CATALOGUE, FLOOD_EXTRA, pick_faults
-
-ROOT = Path(__file__).resolve().parent.parent
+from process_testkit import run_module
 
 
 def test_the_ci_serve_soak_answers_every_fault_and_leaves_good_sessions_whole(
     tmp_path: Path,
 ) -> None:
     report_path = tmp_path / "serve-soak.json"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT / "pipeline"), str(ROOT / "plugins"), env.get("PYTHONPATH", "")]
-    )
-
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jitterline.serve_soak",
-            "--faults",
-            str(len(CATALOGUE)),
-            "--good",
-            "4",
-            "--duration",
-            "2",
-            "--json",
-            str(report_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
+    done = run_module(
+        "jitterline.serve_soak",
+        "--faults",
+        str(len(CATALOGUE)),
+        "--good",
+        "4",
+        "--duration",
+        "2",
+        "--json",
+        str(report_path),
+        timeout_s=120,
     )
 
     assert done.returncode in (0, 1), done.stderr

@@ -9,43 +9,26 @@ yet are reported as failed by the soak, with the reason, and listed here by name
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from jitterline.errors import ConfigError
 from jitterline.soak import CATALOGUE, pick_faults
+from process_testkit import run_module
 
 CI_FAULTS = 15
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_ci_soak_completes_reports_and_leaks_nothing(tmp_path: Path) -> None:
     report_path = tmp_path / "soak.json"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT / "pipeline"), str(ROOT / "plugins"), env.get("PYTHONPATH", "")]
-    )
-
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jitterline.soak",
-            "--faults",
-            str(CI_FAULTS),
-            "--json",
-            str(report_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=env,
-        check=False,
+    done = run_module(
+        "jitterline.soak",
+        "--faults",
+        str(CI_FAULTS),
+        "--json",
+        str(report_path),
+        timeout_s=240,
     )
 
     assert done.returncode in (0, 1), done.stderr
