@@ -52,14 +52,12 @@ import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import reactivex
 from reactivex import Observable, abc
-from reactivex import operators as rx_ops
 from reactivex.disposable import CompositeDisposable, Disposable, SerialDisposable
 from reactivex.scheduler import TimeoutScheduler
-from reactivex.subject import Subject
 
 from .adjuster import BufferAdjuster, BufferPolicy
 from .codecs import Codec, is_stream_codec
@@ -96,12 +94,15 @@ from .schedulers import VirtualScheduler
 
 __all__ = [
     "Clock",
+    "Downstream",
     "Item",
     "Operator",
     "Pipeline",
+    "Relay",
     "SnapshotRequest",
     "TargetDelay",
     "adjust",
+    "attach",
     "build_pipeline",
     "conceal",
     "decode",
@@ -172,16 +173,27 @@ def scheduler_clock(scheduler: abc.SchedulerBase) -> Clock:
 # -- building blocks ------------------------------------------------------------------------
 
 
-class _Stage:
-    """One subscription's state of a stage: gets items, emits through ``emit``."""
+class Downstream(Protocol):
+    """What a stage emits into: an observer, or another stage (see ``attach``)."""
 
-    def __init__(self, observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase) -> None:
+    def on_next(self, item: Any, /) -> None: ...
+
+    def on_error(self, error: Exception, /) -> None: ...
+
+    def on_completed(self) -> None: ...
+
+
+class _Stage:
+    """One subscription's state of a stage: gets items, emits through ``emit``.
+
+    ``emit`` is the next stage's ``on_next`` itself when ``_operator`` linked the two
+    (see ``_Linked``), so a hop between stages is one call."""
+
+    def __init__(self, observer: Downstream, scheduler: abc.SchedulerBase) -> None:
         self.observer = observer
         self.scheduler = scheduler
         self.disposables = CompositeDisposable()
-
-    def emit(self, item: Any) -> None:
-        self.observer.on_next(item)
+        self.emit: Callable[[Any], None] = observer.on_next
 
     def on_next(self, item: Any) -> None:
         self.emit(item)
@@ -193,26 +205,128 @@ class _Stage:
         self.observer.on_error(error)
 
 
+class _Attachable(Observable[Any]):
+    """An observable that can hand its items straight to a stage.
+
+    ``subscribe()`` wraps every observer in an ``AutoDetachObserver``: two more Python
+    calls per item per hop, and a frame crosses a dozen hops (about a fifth of the chain's
+    cost). Between jitterline's own pieces ``attach`` links the stages directly instead;
+    subscribed by anything else, each is an ordinary ``Observable``. The stages stop
+    themselves (they emit nothing after completing), which is all the wrapper added."""
+
+    def _subscribe_core(
+        self, observer: Downstream, scheduler: abc.SchedulerBase | None = None
+    ) -> abc.DisposableBase:
+        return self._attach(observer, scheduler)
+
+    def _attach(
+        self, observer: Downstream, scheduler: abc.SchedulerBase | None
+    ) -> abc.DisposableBase:
+        raise NotImplementedError
+
+
+def attach(
+    source: Observable[Any],
+    observer: Downstream,
+    scheduler: abc.SchedulerBase | None = None,
+) -> abc.DisposableBase:
+    """Subscribe ``observer`` to ``source``, directly when ``source`` is one of ours."""
+    if isinstance(source, _Attachable):
+        return source._attach(observer, scheduler)
+    return source.subscribe(
+        observer.on_next, observer.on_error, observer.on_completed, scheduler=scheduler
+    )
+
+
+class _Listener:
+    """Callables as an observer, called directly (``attach``'s counterpart of passing
+    three functions to ``subscribe``)."""
+
+    __slots__ = ("on_completed", "on_error", "on_next")
+
+    def __init__(
+        self,
+        on_next: Callable[[Any], None],
+        on_error: Callable[[Exception], None] | None = None,
+        on_completed: Callable[[], None] | None = None,
+    ) -> None:
+        self.on_next = on_next
+        self.on_error = on_error or _raise
+        self.on_completed = on_completed or _nothing
+
+
+def _raise(error: Exception) -> None:
+    raise error
+
+
+def _nothing() -> None:
+    pass
+
+
+class Relay(_Attachable):
+    """A subject for one thread: what goes in goes straight to each observer, with none of
+    ``Subject``'s lock and observer-list copy per item. The runtime feeds each connection's
+    pipeline through one, ``per_channel`` each channel's chain, ``feedback_loop`` the
+    targets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._observers: tuple[Downstream, ...] = ()
+
+    def _attach(
+        self, observer: Downstream, scheduler: abc.SchedulerBase | None = None
+    ) -> abc.DisposableBase:
+        self._observers += (observer,)
+        return Disposable(lambda: self._detach(observer))
+
+    def _detach(self, observer: Downstream) -> None:
+        self._observers = tuple(o for o in self._observers if o is not observer)
+
+    def on_next(self, item: Any) -> None:
+        for observer in self._observers:
+            observer.on_next(item)
+
+    def on_error(self, error: Exception) -> None:
+        for observer in self._observers:
+            observer.on_error(error)
+
+    def on_completed(self) -> None:
+        for observer in self._observers:
+            observer.on_completed()
+
+
+class _Linked(_Attachable):
+    """What ``_operator`` returns: its ``_Stage`` is created per subscription, on the
+    subscribe-time scheduler (RxPY's ``scheduler or scheduler_`` rule, then
+    ``TimeoutScheduler``), and attached to its source."""
+
+    def __init__(
+        self,
+        source: Observable[Any],
+        make: Callable[[Downstream, abc.SchedulerBase], _Stage],
+        scheduler: abc.SchedulerBase | None,
+    ) -> None:
+        super().__init__()
+        self._source = source
+        self._make = make
+        self._scheduler = scheduler
+
+    def _attach(
+        self, observer: Downstream, scheduler: abc.SchedulerBase | None
+    ) -> abc.DisposableBase:
+        stage = self._make(observer, scheduler or self._scheduler or TimeoutScheduler.singleton())
+        stage.disposables.add(attach(self._source, stage, scheduler))
+        return stage.disposables
+
+
 def _operator(
-    make: Callable[[abc.ObserverBase[Any], abc.SchedulerBase], _Stage],
+    make: Callable[[Downstream, abc.SchedulerBase], _Stage],
     scheduler: abc.SchedulerBase | None = None,
 ) -> Operator[Any, Any]:
-    """An operator whose ``_Stage`` is created per subscription, on the subscribe-time
-    scheduler (RxPY's ``scheduler or scheduler_`` rule, then ``TimeoutScheduler``)."""
+    """An operator whose ``_Stage`` is created per subscription (see ``_Linked``)."""
 
     def operator(source: Observable[Any]) -> Observable[Any]:
-        def subscribe(
-            observer: abc.ObserverBase[Any], scheduler_: abc.SchedulerBase | None = None
-        ) -> abc.DisposableBase:
-            chosen = scheduler_ or scheduler or TimeoutScheduler.singleton()
-            stage = make(observer, chosen)
-            upstream = source.subscribe(
-                stage.on_next, stage.on_error, stage.on_completed, scheduler=scheduler_
-            )
-            stage.disposables.add(upstream)
-            return stage.disposables
-
-        return Observable(subscribe)
+        return _Linked(source, make, scheduler)
 
     return operator
 
@@ -221,7 +335,7 @@ def map_frames(fn: Callable[[AudioFrame], AudioFrame]) -> Operator[Any, Any]:
     """Apply ``fn`` to each audio frame and pass every other item unchanged: how a team
     puts its own processing (gain, a filter, a detector) into a chain."""
 
-    def make(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase) -> _Stage:
+    def make(observer: Downstream, scheduler: abc.SchedulerBase) -> _Stage:
         stage = _Stage(observer, scheduler)
 
         def on_next(item: Any) -> None:
@@ -277,7 +391,7 @@ def parse(factory: DialectFactory, *, role: Role = "client") -> Operator[Any, An
     test). A live shell owns its protocol object instead, because it must also send what
     the object answers, and feeds the events to ``decode`` itself."""
 
-    def make(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase) -> _Stage:
+    def make(observer: Downstream, scheduler: abc.SchedulerBase) -> _Stage:
         stage = _Stage(observer, scheduler)
         proto = factory(role=role)
 
@@ -303,7 +417,7 @@ def decode(codecs: Registry[Codec], *, stream_id: str = "") -> Operator[Any, Any
     one message, never the stream. ``stream_id`` names frames whose dialect left it empty.
     """
 
-    def make(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase) -> _Stage:
+    def make(observer: Downstream, scheduler: abc.SchedulerBase) -> _Stage:
         stage = _Stage(observer, scheduler)
         logged = _MalformedLog()
 
@@ -357,65 +471,36 @@ def per_channel(chain: Callable[[str], Operator[Any, Any]]) -> Operator[Any, Any
     that never had a channel still ends with one, so its final snapshot says "no audio".
     """
 
-    def make(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase) -> _Stage:
+    def make(observer: Downstream, scheduler: abc.SchedulerBase) -> _Stage:
         return _Channels(observer, scheduler, chain)
 
     return _operator(make)
 
 
-class _Inlet(Observable[Any]):
-    """A channel chain's input: one subscriber, one thread, so none of ``Subject``'s lock
-    and observer-list copy on every frame."""
-
-    def __init__(self) -> None:
-        super().__init__(self._attach)
-        self._observer: abc.ObserverBase[Any] | None = None
-
-    def _attach(
-        self, observer: abc.ObserverBase[Any], _: abc.SchedulerBase | None = None
-    ) -> abc.DisposableBase:
-        self._observer = observer
-        return Disposable(self._detach)
-
-    def _detach(self) -> None:
-        self._observer = None
-
-    def on_next(self, item: Any) -> None:
-        if self._observer is not None:
-            self._observer.on_next(item)
-
-    def on_completed(self) -> None:
-        if self._observer is not None:
-            self._observer.on_completed()
-
-
 class _Channels(_Stage):
     def __init__(
         self,
-        observer: abc.ObserverBase[Any],
+        observer: Downstream,
         scheduler: abc.SchedulerBase,
         chain: Callable[[str], Operator[Any, Any]],
     ) -> None:
         super().__init__(observer, scheduler)
         self._chain = chain
-        self._inputs: dict[str, _Inlet] = {}
+        self._inputs: dict[str, Relay] = {}
         self._open = 0
         self._opened: StreamOpened | None = None
         self._pending: list[Malformed] = []
         self._done = False
 
-    def _channel(self, name: str) -> _Inlet:
+    def _channel(self, name: str) -> Relay:
         subject = self._inputs.get(name)
         if subject is not None:
             return subject
-        subject = _Inlet()
+        subject = Relay()
         self._inputs[name] = subject
         self._open += 1
-        self.disposables.add(
-            subject.pipe(self._chain(name)).subscribe(
-                self.emit, self.on_error, self._channel_completed, scheduler=self.scheduler
-            )
-        )
+        output = _Listener(self.emit, self.on_error, self._channel_completed)
+        self.disposables.add(attach(subject.pipe(self._chain(name)), output, self.scheduler))
         if self._opened is not None:
             subject.on_next(self._opened)
         for malformed in self._pending:
@@ -462,7 +547,7 @@ def snapshots(
     when the input completes. Takes in what the transport says of the connection
     (``ConnectionStats`` items), which the snapshot carries."""
 
-    def make(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase) -> _Stage:
+    def make(observer: Downstream, scheduler: abc.SchedulerBase) -> _Stage:
         return _Snapshots(observer, scheduler, config, clock, channel)
 
     return _operator(make)
@@ -471,7 +556,7 @@ def snapshots(
 class _Snapshots(_Stage):
     def __init__(
         self,
-        observer: abc.ObserverBase[Any],
+        observer: Downstream,
         scheduler: abc.SchedulerBase,
         config: PipelineConfig,
         clock: Clock | None,
@@ -533,21 +618,50 @@ def feedback_loop(
     """
 
     def operator(source: Observable[Any]) -> Observable[Any]:
-        def factory(_: abc.SchedulerBase | None) -> Observable[Any]:
-            targets: Subject[float] = Subject()
-
-            def feed(item: Any) -> bool:
-                if isinstance(item, TargetDelay):
-                    targets.on_next(item.target_ms)
-                    return False
-                return True
-
-            chain: Observable[Any] = source.pipe(buffer(targets), *downstream)
-            return chain.pipe(rx_ops.filter(feed))
-
-        return reactivex.defer(factory)
+        return _FeedbackLoop(source, buffer, downstream)
 
     return operator
+
+
+class _FeedbackLoop(_Attachable):
+    def __init__(
+        self,
+        source: Observable[Any],
+        buffer: Callable[[Observable[float]], Operator[Any, Any]],
+        downstream: tuple[Operator[Any, Any], ...],
+    ) -> None:
+        super().__init__()
+        self._source = source
+        self._buffer = buffer
+        self._downstream = downstream
+
+    def _attach(
+        self, observer: Downstream, scheduler: abc.SchedulerBase | None
+    ) -> abc.DisposableBase:
+        targets = Relay()
+        stages = (self._buffer(targets), *self._downstream, _feed(targets))
+        chain: Observable[Any] = self._source.pipe(*stages)
+        return attach(chain, observer, scheduler)
+
+
+def _feed(targets: Relay) -> Operator[Any, Any]:
+    """The loop's return path: a ``TargetDelay`` goes into ``targets``, the rest on."""
+
+    def make(observer: Downstream, scheduler: abc.SchedulerBase) -> _Stage:
+        stage = _Stage(observer, scheduler)
+        emit = stage.emit
+        send = targets.on_next
+
+        def on_next(item: Any) -> None:
+            if type(item) is TargetDelay:
+                send(item.target_ms)
+            else:
+                emit(item)
+
+        stage.on_next = on_next  # type: ignore[method-assign]
+        return stage
+
+    return _operator(make)
 
 
 def jitter_buffer(
@@ -559,7 +673,7 @@ def jitter_buffer(
     ``StreamPaused``/``StreamResumed`` make idle time, a reconnect re-anchors. The input
     completing cuts the stream: what is buffered is counted unplayed."""
 
-    def make(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase) -> _Stage:
+    def make(observer: Downstream, scheduler: abc.SchedulerBase) -> _Stage:
         return _Buffer(observer, scheduler, config, targets, clock)
 
     return _operator(make)
@@ -568,7 +682,7 @@ def jitter_buffer(
 class _Buffer(_Stage):
     def __init__(
         self,
-        observer: abc.ObserverBase[Any],
+        observer: Downstream,
         scheduler: abc.SchedulerBase,
         config: PipelineConfig,
         targets: Observable[float],
@@ -586,7 +700,7 @@ class _Buffer(_Stage):
         self._timer = SerialDisposable()
         self._timer_due: float | None = None
         self.disposables.add(self._timer)
-        self.disposables.add(targets.subscribe(self.buffer.set_target_delay))
+        self.disposables.add(attach(targets, _Listener(self.buffer.set_target_delay)))
 
     def on_next(self, item: Any) -> None:
         if isinstance(item, AudioFrame):
@@ -664,7 +778,7 @@ def conceal(config: PipelineConfig, codecs: Registry[Codec]) -> Operator[Any, An
     pitch-period repeat (``jitterline.concealment``). Arrivals are watched for the payloads
     the buffer holds, whose in-band FEC can stand in for the frame before them."""
 
-    def make(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase) -> _Stage:
+    def make(observer: Downstream, scheduler: abc.SchedulerBase) -> _Stage:
         stage = _Stage(observer, scheduler)
         playout = PlayoutDecoder(
             codecs, speech=config.conceal == "speech", capacity_frames=config.capacity_frames
@@ -688,7 +802,7 @@ def latency_window(config: PipelineConfig) -> Operator[Any, Any]:
     server time) into an ``ArrivalMeasure`` for the adjuster, and takes RTT readings from
     pongs and the session's pings."""
 
-    def make(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase) -> _Stage:
+    def make(observer: Downstream, scheduler: abc.SchedulerBase) -> _Stage:
         stage = _Stage(observer, scheduler)
         window = LatencyWindow(max_frames=config.window_frames, max_age_s=config.window_s)
 
@@ -722,7 +836,7 @@ def adjust(
     emitted as a ``TargetDelay`` when it changes (``feedback_loop`` hands it back to the
     buffer); played frames tell it about underruns."""
 
-    def make(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase) -> _Stage:
+    def make(observer: Downstream, scheduler: abc.SchedulerBase) -> _Stage:
         stage = _Stage(observer, scheduler)
         policy = policies.get(config.buffer_policy)(target_ms=config.buffer_ms)
         adjuster = BufferAdjuster(
@@ -778,7 +892,7 @@ def stats() -> Operator[Any, Any]:
     """Turn filled ``SnapshotRequest``s into ``Stats`` and drop the chain's working items
     (arrivals, measures): what leaves is played frames, snapshots and protocol events."""
 
-    def make(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase) -> _Stage:
+    def make(observer: Downstream, scheduler: abc.SchedulerBase) -> _Stage:
         stage = _Stage(observer, scheduler)
 
         def on_next(item: Any) -> None:
@@ -801,7 +915,7 @@ def sinks(host: PluginHost, *, dialect: str = "", channel: str = "") -> Operator
     it in ``jitterline_stream_closed``. A verdict change raises an ``Alert``.
     """
 
-    def make(observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase) -> _Stage:
+    def make(observer: Downstream, scheduler: abc.SchedulerBase) -> _Stage:
         return _Sinks(observer, scheduler, host, dialect, channel)
 
     return _operator(make)
@@ -810,7 +924,7 @@ def sinks(host: PluginHost, *, dialect: str = "", channel: str = "") -> Operator
 class _Sinks(_Stage):
     def __init__(
         self,
-        observer: abc.ObserverBase[Any],
+        observer: Downstream,
         scheduler: abc.SchedulerBase,
         host: PluginHost,
         dialect: str,
@@ -956,30 +1070,30 @@ def build_pipeline(
     if not parsed:
         ops.append(parse(host.dialects.get(config.dialect), role=role))
     ops += [decode(host.codecs, stream_id=stream_id), per_channel(chain)]
-    composed: Observable[Any] = source.pipe(*ops)
-    output = _with_finals(composed, finals)
+    ops.append(_with_finals(finals))
+    output: Observable[Any] = source.pipe(*ops)
     return Pipeline(host=host, output=output, clock=clock, config=config, finals=finals)
 
 
-def _with_finals(
-    source: Observable[AudioFrame | Stats], finals: list[tuple[Stats, Diagnosis]]
-) -> Observable[AudioFrame | Stats]:
+def _with_finals(finals: list[tuple[Stats, Diagnosis]]) -> Operator[Any, Any]:
     """Record each channel's last snapshot (the final one) as the output completes."""
 
-    def subscribe(
-        observer: abc.ObserverBase[AudioFrame | Stats], scheduler: abc.SchedulerBase | None = None
-    ) -> abc.DisposableBase:
+    def make(observer: Downstream, scheduler: abc.SchedulerBase) -> _Stage:
+        stage = _Stage(observer, scheduler)
+        emit = stage.emit
         last: dict[str, Stats] = {}
 
         def on_next(item: AudioFrame | Stats) -> None:
-            if isinstance(item, Stats):
+            if type(item) is Stats:
                 last[item.channel] = item
-            observer.on_next(item)
+            emit(item)
 
         def on_completed() -> None:
             finals.extend((stats, diagnose(stats)) for stats in last.values())
             observer.on_completed()
 
-        return source.subscribe(on_next, observer.on_error, on_completed, scheduler=scheduler)
+        stage.on_next = on_next  # type: ignore[method-assign]
+        stage.on_completed = on_completed  # type: ignore[method-assign]
+        return stage
 
-    return Observable(subscribe)
+    return _operator(make)
