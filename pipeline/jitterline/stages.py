@@ -56,7 +56,7 @@ from typing import Any, Protocol, TypeAlias, TypeVar
 
 import reactivex
 from reactivex import Observable, abc
-from reactivex.disposable import CompositeDisposable, Disposable, SerialDisposable
+from reactivex.disposable import CompositeDisposable, Disposable
 from reactivex.scheduler import TimeoutScheduler
 
 from .adjuster import BufferAdjuster, BufferPolicy
@@ -597,12 +597,13 @@ class _Snapshots(_Stage):
         )
 
     def on_next(self, item: Any) -> None:
-        if isinstance(item, ConnectionStats):
+        if isinstance(item, AudioFrame):
+            if not self._stream_id:
+                self._stream_id = item.stream_id
+        elif isinstance(item, ConnectionStats):
             self._connection = item
             return
-        if isinstance(item, StreamOpened) or (
-            isinstance(item, AudioFrame) and not self._stream_id
-        ):
+        elif isinstance(item, StreamOpened):
             self._stream_id = item.stream_id
         self.emit(item)
 
@@ -713,17 +714,22 @@ class _Buffer(_Stage):
         )
         self._malformed = 0
         self._ended = False
-        self._timer = SerialDisposable()
+        # The pending playout timer; replaced, not stacked (SerialDisposable's lock and
+        # swap cost more than the timer on a path run once per frame).
+        self._timer: abc.DisposableBase | None = None
         self._timer_due: float | None = None
-        self.disposables.add(self._timer)
+        self.disposables.add(Disposable(self._cancel_timer))
         self.disposables.add(attach(targets, _Listener(self.buffer.set_target_delay)))
 
     def on_next(self, item: Any) -> None:
         if isinstance(item, AudioFrame):
-            self._emit_all(self.buffer.push(item))
             buffer = self.buffer
-            self.emit(Arrival(item, buffer.last_outcome, buffer.last_reanchored))
-            self._schedule()
+            emit = self.emit
+            for played in buffer.push(item):
+                emit(played)
+            emit(Arrival(item, buffer.last_outcome, buffer.last_reanchored))
+            if buffer.next_due_s != self._timer_due:
+                self._schedule()
             return
         if isinstance(item, SnapshotRequest):
             self.emit(self._snapshot(item))
@@ -748,20 +754,26 @@ class _Buffer(_Stage):
         for frame in frames:
             self.emit(frame)
 
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.dispose()
+            self._timer = None
+
     def _schedule(self) -> None:
         due = self.buffer.next_due_s
         if due == self._timer_due:
             return
         self._timer_due = due
-        if due is None:
-            self._timer.disposable = Disposable()
-            return
-        delay_s = max(due - self._clock(), _MIN_TIMER_S)
-        self._timer.disposable = self.scheduler.schedule_relative(delay_s, self._fire)
+        self._cancel_timer()
+        if due is not None:
+            delay_s = max(due - self._clock(), _MIN_TIMER_S)
+            self._timer = self.scheduler.schedule_relative(delay_s, self._fire)
 
     def _fire(self, _: abc.SchedulerBase, __: Any = None) -> None:
-        self._timer_due = None
-        self._emit_all(self.buffer.pop_due(self._clock()))
+        self._timer = self._timer_due = None
+        emit = self.emit
+        for frame in self.buffer.pop_due(self._clock()):
+            emit(frame)
         self._schedule()
 
     def _snapshot(self, request: SnapshotRequest) -> SnapshotRequest:
@@ -778,7 +790,7 @@ class _Buffer(_Stage):
     def _settle(self, now: float) -> None:
         """At the end: a stream its sender ended plays out every slot it still holds
         (their times may lie past ``now``); a cut one counts them unplayed."""
-        self._timer.disposable = Disposable()
+        self._cancel_timer()
         if self._ended:
             due = self.buffer.next_due_s
             while due is not None:
@@ -800,12 +812,15 @@ def conceal(config: PipelineConfig, codecs: Registry[Codec]) -> Operator[Any, An
             codecs, speech=config.conceal == "speech", capacity_frames=config.capacity_frames
         )
 
+        emit = stage.emit
+
         def on_next(item: Any) -> None:
-            if isinstance(item, Arrival) and item.outcome == "buffered":
-                playout.arrived(item.frame)
+            if isinstance(item, Arrival):
+                if item.outcome == "buffered":
+                    playout.arrived(item.frame)
             elif isinstance(item, AudioFrame) and item.playout_s is not None:
                 item = playout.play(item)
-            stage.emit(item)
+            emit(item)
 
         stage.on_next = on_next  # type: ignore[method-assign]
         return stage
@@ -821,10 +836,14 @@ def latency_window(config: PipelineConfig) -> Operator[Any, Any]:
     def make(observer: Downstream, scheduler: abc.SchedulerBase) -> _Stage:
         stage = _Stage(observer, scheduler)
         window = LatencyWindow(max_frames=config.window_frames, max_age_s=config.window_s)
+        emit = stage.emit
 
         def on_next(item: Any) -> None:
             if isinstance(item, Arrival):
-                stage.emit(window.observe(item.frame, item.outcome, rebase=item.reanchored))
+                emit(window.observe(item.frame, item.outcome, rebase=item.reanchored))
+                return
+            if isinstance(item, AudioFrame):  # played: the window measured it on arrival
+                emit(item)
                 return
             if isinstance(item, SnapshotRequest):
                 now = item.stats.at_s
@@ -837,7 +856,7 @@ def latency_window(config: PipelineConfig) -> Operator[Any, Any]:
                 and item.rtt_ms is not None
             ):
                 window.observe_rtt(item.rtt_ms, item.at_s)
-            stage.emit(item)
+            emit(item)
 
         stage.on_next = on_next  # type: ignore[method-assign]
         return stage
@@ -862,25 +881,26 @@ def adjust(
             start_ms=config.start_buffer_ms,
         )
         last = [adjuster.target_ms]
+        emit = stage.emit
 
         def decide(target_ms: float | None, at_s: float) -> None:
             if target_ms is not None and target_ms != last[0]:
                 last[0] = target_ms
-                stage.emit(TargetDelay(target_ms, at_s))
+                emit(TargetDelay(target_ms, at_s))
 
         def on_next(item: Any) -> None:
             if isinstance(item, ArrivalMeasure):
                 decide(adjuster.observe(item), item.arrival_s)
                 return
             if isinstance(item, AudioFrame) and item.playout_s is not None:
-                stage.emit(item)
+                emit(item)
                 decide(adjuster.observe_played(item), item.playout_s)
                 return
             if isinstance(item, SnapshotRequest):
                 item = replace(
                     item, stats=replace(item.stats, buffer=_buffer_stats(adjuster, item))
                 )
-            stage.emit(item)
+            emit(item)
 
         stage.on_next = on_next  # type: ignore[method-assign]
         return stage
