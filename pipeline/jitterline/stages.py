@@ -51,7 +51,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, TypeVar
 
 import reactivex
@@ -781,11 +781,11 @@ class _Buffer(_Stage):
         if request.final:
             self._settle(now)
         counts = self.buffer.counts()
-        frames = replace(
+        frames = evolve(
             counts, received=counts.received + self._malformed, malformed=self._malformed
         )
         buffer = self.buffer.stats(request.stats.buffer)  # level, waits, idle time
-        return replace(request, stats=replace(request.stats, frames=frames, buffer=buffer))
+        return evolve(request, stats=evolve(request.stats, frames=frames, buffer=buffer))
 
     def _settle(self, now: float) -> None:
         """At the end: a stream its sender ended plays out every slot it still holds
@@ -847,7 +847,7 @@ def latency_window(config: PipelineConfig) -> Operator[Any, Any]:
                 return
             if isinstance(item, SnapshotRequest):
                 now = item.stats.at_s
-                item = replace(item, stats=replace(item.stats, latency=window.snapshot(now)))
+                item = evolve(item, stats=evolve(item.stats, latency=window.snapshot(now)))
             elif isinstance(item, Pong) and item.rtt_ms is not None:
                 window.observe_rtt(item.rtt_ms, item.arrival_s)
             elif (
@@ -897,9 +897,7 @@ def adjust(
                 decide(adjuster.observe_played(item), item.playout_s)
                 return
             if isinstance(item, SnapshotRequest):
-                item = replace(
-                    item, stats=replace(item.stats, buffer=_buffer_stats(adjuster, item))
-                )
+                item = evolve(item, stats=evolve(item.stats, buffer=_buffer_stats(adjuster, item)))
             emit(item)
 
         stage.on_next = on_next  # type: ignore[method-assign]
@@ -912,7 +910,7 @@ def _buffer_stats(adjuster: BufferAdjuster, request: SnapshotRequest) -> BufferS
     """The adjuster's part (target, its extremes, the policy) over what the buffer
     filled in (level, waits, idle time)."""
     adjusted = adjuster.stats()
-    return replace(
+    return evolve(
         request.stats.buffer,
         target_ms=adjusted.target_ms,
         min_ms=adjusted.min_ms,
@@ -979,7 +977,7 @@ class _Sinks(_Stage):
 
     def on_next(self, item: Any) -> None:
         if isinstance(item, StreamOpened):
-            self.info = replace(
+            self.info = evolve(
                 self.info,
                 stream_id=item.stream_id,
                 session_id=item.stream_id,
@@ -989,7 +987,7 @@ class _Sinks(_Stage):
             self._announce()
         elif isinstance(item, AudioFrame):
             if item.stream_id and not self.info.stream_id:
-                self.info = replace(self.info, stream_id=item.stream_id)
+                self.info = evolve(self.info, stream_id=item.stream_id)
             self._announce()
             self.host.notify("jitterline_frame_played", frame=item, stream=self.info)
             self.emit(item)
@@ -999,7 +997,7 @@ class _Sinks(_Stage):
 
     def _stats(self, stats: Stats) -> None:
         if not self.info.stream_id and stats.stream_id:
-            self.info = replace(self.info, stream_id=stats.stream_id)
+            self.info = evolve(self.info, stream_id=stats.stream_id)
         diagnosis = diagnose(stats)
         previous, self.last = self.last, (stats, diagnosis)
         self.host.notify("jitterline_stats", stats=stats, diagnosis=diagnosis, stream=self.info)
