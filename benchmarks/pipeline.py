@@ -24,13 +24,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 from reactivex.scheduler import HistoricalScheduler, VirtualTimeScheduler
-from reactivex.subject import Subject
 
 from jitterline import AudioFrame, Message, PipelineConfig, PluginHost, build_pipeline
 from jitterline.codecs import encode
 from jitterline.latency import LatencyWindow
 from jitterline.protocols.appfoundry import AppFoundryDialect, audio_chunk_message
 from jitterline.schedulers import VirtualScheduler
+from jitterline.stages import Relay
 
 FRAME_S = 0.02
 
@@ -79,7 +79,7 @@ def whole_chain(
     make_scheduler: Callable[[], VirtualTimeScheduler | VirtualScheduler] = VirtualScheduler,
 ) -> None:
     scheduler = make_scheduler()
-    source: Subject[Message] = Subject()
+    source = Relay()  # what replays and the runtime feed a pipeline through
     pipeline = build_pipeline(source, scheduler=scheduler, config=PipelineConfig(), host=host)
     pipeline.output.subscribe(scheduler=scheduler)
     for message in batch:

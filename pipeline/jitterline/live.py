@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from reactivex import abc
-from reactivex.subject import Subject
 
 from .capture import CaptureEnd, CaptureHeader, CaptureRecord, CaptureWriter, read_capture
 from .config import PipelineConfig
@@ -33,7 +32,7 @@ from .frames import AudioFrame, ConnectionEvent, ConnectionStats, Message, Stats
 from .plugins import PluginHost
 from .runtime import Connection, RunClock, Runtime
 from .schedulers import EPOCH, VirtualScheduler
-from .stages import build_pipeline, scheduler_clock
+from .stages import Relay, build_pipeline, scheduler_clock
 from .status import StatusDisplay
 from .transport import BackoffPolicy, Session, SessionDiagnostics, TokenProvider
 
@@ -216,7 +215,7 @@ def replay(
     header, records = read_capture(path)
     config = replace(header.config, **(overrides or {}))
     scheduler = VirtualScheduler()
-    subject: Subject[Message | ConnectionEvent | ConnectionStats | StreamClosed] = Subject()
+    subject = Relay()
     pipeline = build_pipeline(
         subject,
         scheduler=scheduler,
@@ -253,7 +252,7 @@ class _Feeder:
     def __init__(
         self,
         records: Iterator[CaptureRecord],
-        subject: Subject[Message | ConnectionEvent | ConnectionStats | StreamClosed],
+        subject: Relay,
         scheduler: VirtualScheduler,
     ) -> None:
         self._records = records
