@@ -39,6 +39,13 @@ the final one last.
 Threads: a chain runs on the thread that delivers its items and runs its scheduler; live,
 that is the runtime's one event loop for every stream, so no stage needs a lock.
 
+Cost: a frame crosses about a dozen stages, so the hop is made cheap. These operators
+are ordinary observables to anything else, but subscribed by one another they link
+directly (``attach``): a stage's ``emit`` is the next stage's ``on_next``, one call, with
+no ``AutoDetachObserver`` in between; ``Relay`` is the lock-free, single-thread subject
+that feeds a pipeline, each channel and the targets. ``python -m benchmarks pipeline``
+measures the chain against parsing the message alone.
+
 Time: ``clock`` says what time it is (the transport's monotonic run clock live, the
 scheduler's own time on virtual time); the scheduler says when timers fire. Playout is
 a timer at the buffer's next due slot, not a poll. The buffer's output depends only on
