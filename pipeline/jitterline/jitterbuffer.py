@@ -149,7 +149,6 @@ in would freeze the clock.
 
 from __future__ import annotations
 
-import heapq
 import logging
 import math
 from collections import OrderedDict
@@ -179,6 +178,8 @@ _MAX_FRAMES = 1_000_000
 _MEDIA_SLACK_MS = 1.0  # media-clock gaps up to this are rounding, not idle time
 _REFERENCE_STEP_MS = 1.0  # the schedule follows a rising reference in steps this big
 _SILENCE_BYTE = {"PCMU": 0xFF, "PCMA": 0xD5}
+_INF = math.inf
+_NOISE_CEIL_MS = 1.0 - 1e-5  # ceil(w) - w above this: w is within 10 ns above a whole ms
 
 
 def _check_frame(frame: AudioFrame) -> None:
@@ -270,7 +271,13 @@ class _WaitTally:
     def add(self, wait_ms: float) -> None:
         self.count += 1
         self.sum_ms += wait_ms
-        key = max(0, math.ceil(round(wait_ms, 6)))  # 60.000000001 ms is float noise
+        key = math.ceil(wait_ms)
+        if key - wait_ms > _NOISE_CEIL_MS:
+            # 60.000000001 ms is float noise: rounded to the us first, it is 60 ms. Only a
+            # wait this close above a whole ms needs the round (0.3 us, most of add's cost).
+            key = math.ceil(round(wait_ms, 6))
+        if key < 0:
+            key = 0
         self.buckets[key] = self.buckets.get(key, 0) + 1
 
     def p95_ms(self) -> float | None:
@@ -344,14 +351,14 @@ class JitterBuffer:
         self._reference = DelayReference()
         self._reference_used_ms: float | None = None  # the reference the schedule follows
         self._behind_ms = 0.0  # delay above the goal that a fall of the reference caused
-        # Buffer: seq -> frame, a min-heap of the same seqs, the highest of them, their ms.
+        # Buffer: seq -> frame (none below the next seq), the highest seq, their ms.
         self._frames: dict[int, AudioFrame] = {}
-        self._heap: list[int] = []
         self._top_seq = 0
         self._level_ms = 0.0
         # Clock: slot times are anchor_s + offset_ms / 1000; offset None = nothing scheduled.
         self._anchor_s = 0.0
         self._offset_ms: float | None = None
+        self._due_s: float | None = None  # next_due_s, set wherever the clock moves
         self._next_seq = 0
         self._expect_media_ms = 0.0  # media time the next seq should carry
         self._floor: int | None = None  # lowest seq that may still anchor; None before any
@@ -388,9 +395,7 @@ class JitterBuffer:
     @property
     def next_due_s(self) -> float | None:
         """When the next slot plays, for a stage that schedules its ``pop_due`` ticks."""
-        if self._closed or self._offset_ms is None or self._starved:
-            return None
-        return self._anchor_s + self._offset_ms / 1000.0
+        return self._due_s
 
     @property
     def closed(self) -> bool:
@@ -465,22 +470,26 @@ class JitterBuffer:
             # late to on time at no cost, where a glide would leave them late.
             self._offset_ms += self._target_ms - self._current_ms
             self._current_ms = self._target_ms
+            self._reschedule()
 
     def push(self, frame: AudioFrame) -> list[AudioFrame]:
-        _check_frame(frame)
-        emitted = self.pop_due(frame.arrival_s)
-        emitted += self._file(frame)
+        arrival_s = frame.arrival_s
+        try:  # _check_frame's test as comparisons (0.1 us less); it decides anything else
+            valid = -_INF < arrival_s < _INF and 0.0 < frame.duration_ms < _INF
+        except Exception:
+            valid = False
+        if not valid:
+            _check_frame(frame)
+        due = self._due_s
+        emitted = self._drain(due, arrival_s) if due is not None and due <= arrival_s else []
+        self._file(frame, emitted)
         return emitted
 
     def pop_due(self, now: float) -> list[AudioFrame]:
-        emitted: list[AudioFrame] = []
-        due = self.next_due_s
-        while due is not None and due <= now:
-            frame = self._emit_slot(due)
-            if frame is not None:
-                emitted.append(frame)
-            due = self.next_due_s
-        return emitted
+        due = self._due_s
+        if due is None or due > now:
+            return []
+        return self._drain(due, now)
 
     def pause(self, now: float) -> list[AudioFrame]:
         emitted = self.pop_due(now)
@@ -524,19 +533,28 @@ class JitterBuffer:
 
     # -- filing -----------------------------------------------------------------------
 
-    def _file(self, frame: AudioFrame) -> list[AudioFrame]:
-        self._tally.received += 1
+    def _file(self, frame: AudioFrame, emitted: list[AudioFrame]) -> None:
+        """File ``frame``; what it settles is appended to ``emitted``."""
+        tally = self._tally
+        tally.received += 1
         self._last_reanchored = False
-        emitted: list[AudioFrame] = []
-        if frame.seq in self._frames:
-            self._tally.duplicate += 1
+        seq = frame.seq
+        if seq in self._frames:
+            tally.duplicate += 1
             self._last_outcome = "duplicate"
             self._trace("duplicate", frame)
         else:
-            emitted = self._file_new(frame)
-            self._note_order(frame.seq)
+            next_seq = self._next_seq
+            if (
+                self._due_s is not None
+                and not (self._ending or self._reanchor_next)
+                and next_seq <= seq < next_seq + self._capacity
+            ):
+                self._store(frame)  # _file_new's last case, the usual one, tested first
+            else:
+                emitted += self._file_new(frame)
+            self._note_order(seq)
         self._follow_reference(frame)
-        return emitted
 
     def _file_new(self, frame: AudioFrame) -> list[AudioFrame]:
         seq = frame.seq
@@ -602,6 +620,7 @@ class JitterBuffer:
             self._starved = False
             self._reanchor_next = False
             self._store(frame)
+            self._reschedule()
             return self.pop_due(frame.arrival_s)
         if late_ms >= self._outage_ms or silent_ms >= self._outage_ms:
             self._reanchor(frame, f"audio resumed {late_ms:.0f} ms after its slot")
@@ -610,6 +629,7 @@ class JitterBuffer:
         self._shift_idle(gap_ms)
         concealed.append(self._emit_concealed())
         self._starved = self._slot_s() <= frame.arrival_s
+        self._reschedule()
         self._late(frame)
         return concealed
 
@@ -634,7 +654,6 @@ class JitterBuffer:
         """MAX_MISORDER: the sender restarted its numbering; what is buffered is dropped."""
         self._tally.discarded += len(self._frames)
         self._frames.clear()
-        self._heap.clear()
         self._level_ms = 0.0
         self._highest_seq = None  # a new numbering: no frame of it arrived out of order yet
         self._reanchor(frame, f"seq restarted from {self._next_seq}", count_lost=False)
@@ -669,6 +688,7 @@ class JitterBuffer:
         self._anchor_s = anchor_s
         self._current_ms = self._target_ms
         self._offset_ms = self._target_ms
+        self._reschedule()
         self._behind_ms = 0.0
         self._next_seq = frame.seq
         self._expect_media_ms = frame.media_ms
@@ -678,9 +698,10 @@ class JitterBuffer:
         self._store(frame)
 
     def _store(self, frame: AudioFrame) -> None:
-        self._top_seq = max(self._top_seq, frame.seq) if self._frames else frame.seq
-        self._frames[frame.seq] = frame
-        heapq.heappush(self._heap, frame.seq)
+        seq, frames = frame.seq, self._frames
+        if seq > self._top_seq or not frames:
+            self._top_seq = seq
+        frames[seq] = frame
         self._level_ms += frame.duration_ms
         self._last_outcome = "buffered"
 
@@ -760,8 +781,33 @@ class JitterBuffer:
     def _shift_idle(self, gap_ms: float) -> None:
         assert self._offset_ms is not None
         self._offset_ms += gap_ms
+        self._reschedule()
         self._expect_media_ms += gap_ms
         self._idle_s += gap_ms / 1000.0
+
+    def _drain(self, due: float, now: float) -> list[AudioFrame]:
+        """Emit every slot due by ``now``, the first at ``due``. The usual slot, whose frame
+        is buffered with no catch-up or media gap before it, plays here at once: the same
+        outcome as ``_emit_slot``'s checks in turn, ~0.5 us cheaper."""
+        emitted: list[AudioFrame] = []
+        frames = self._frames
+        while due is not None and due <= now:
+            frame = frames.get(self._next_seq)
+            if (
+                frame is None
+                or (
+                    self._behind_ms > self._catchup_ms
+                    and self._current_ms - self._target_ms > self._catchup_ms
+                )
+                or _MEDIA_SLACK_MS < frame.media_ms - self._expect_media_ms < _INF
+            ):
+                out = self._emit_slot(due)
+                if out is not None:
+                    emitted.append(out)
+            else:
+                emitted.append(self._play(frame, due))
+            due = self._due_s
+        return emitted
 
     def _emit_slot(self, slot_s: float) -> AudioFrame | None:
         """Fill the slot at the clock, or wait (or stop, or finish) on an empty buffer."""
@@ -778,8 +824,7 @@ class JitterBuffer:
         if gap_ms:
             self._shift_idle(gap_ms)
             return None
-        self._expect_media_ms = frame.media_ms
-        return self._emit(self._play(), slot_s)
+        return self._play(frame, slot_s)
 
     def _run_dry(self, slot_s: float) -> None:
         if self._ending:
@@ -789,6 +834,7 @@ class JitterBuffer:
             self._stop_clock()
         else:
             self._starved = True
+            self._reschedule()
             if self._silent_since_s is None:
                 self._silent_since_s = slot_s
 
@@ -803,8 +849,9 @@ class JitterBuffer:
         self._last_out = out
         self._prestart = False
         self._next_seq += 1
-        self._expect_media_ms += out.duration_ms
-        self._advance_clock(out.duration_ms)
+        duration_ms = out.duration_ms
+        self._expect_media_ms += duration_ms
+        self._advance_clock(duration_ms)
         if self._ending and not self._frames:
             self._finish(slot_s)
         return out
@@ -828,7 +875,7 @@ class JitterBuffer:
         if dropped:
             logger.info(
                 "stream %s: delay %.0f ms over its %.0f ms target; %d oldest frames dropped",
-                self._frames[self._heap[0]].stream_id,
+                self._frames[min(self._frames)].stream_id,
                 over_ms,
                 self._target_ms,
                 dropped,
@@ -839,7 +886,7 @@ class JitterBuffer:
         return min(self._behind_ms, self._current_ms - self._target_ms)
 
     def _skip_big_gap(self) -> None:
-        lowest = self._heap[0]
+        lowest = min(self._frames)  # only when the next seq is missing (or catch-up ran)
         gap = lowest - self._next_seq
         if gap <= self._max_gap:
             return
@@ -856,19 +903,21 @@ class JitterBuffer:
         self._expect_media_ms = self._frames[lowest].media_ms
 
     def _take(self, seq: int) -> AudioFrame:
-        heapq.heappop(self._heap)
         frame = self._frames.pop(seq)
         self._level_ms = self._level_ms - frame.duration_ms if self._frames else 0.0
         return frame
 
-    def _play(self) -> AudioFrame:
+    def _play(self, frame: AudioFrame, slot_s: float) -> AudioFrame:
+        """Play the next seq's ``frame`` at ``slot_s``."""
+        self._expect_media_ms = frame.media_ms
         self._tally.played += 1
-        return self._take(self._next_seq)
+        self._take(frame.seq)
+        return self._emit(frame, slot_s)
 
     def _conceal(self) -> AudioFrame:
         # After the first slot a played frame exists; before it, the lowest buffered one
         # (the anchor, or what a catch-up left) shapes the concealment.
-        prev = self._last_out or self._frames[self._heap[0]]
+        prev = self._last_out or self._frames[min(self._frames)]
         if self._conceal_mode == "repeat":
             payload, samples = prev.payload, prev.samples
         else:
@@ -899,17 +948,33 @@ class JitterBuffer:
     def _advance_clock(self, duration_ms: float) -> None:
         """Schedule the next slot one frame later, moved by one glide step toward the target."""
         assert self._offset_ms is not None
-        step = self._glide_step(self._current_ms, duration_ms)
-        wanted = self._target_ms - self._current_ms
-        self._current_ms = self._target_ms if step == wanted else self._current_ms + step
-        self._behind_ms = max(0.0, self._behind_ms + min(step, 0.0))
-        self._offset_ms += duration_ms + step
+        if self._current_ms == self._target_ms:
+            # At the target the step is 0: the glide's arithmetic (0.3 us) changes nothing
+            # (``behind_ms`` is never negative).
+            self._offset_ms += duration_ms
+        else:
+            step = self._glide_step(self._current_ms, duration_ms)
+            wanted = self._target_ms - self._current_ms
+            self._current_ms = self._target_ms if step == wanted else self._current_ms + step
+            self._behind_ms = max(0.0, self._behind_ms + min(step, 0.0))
+            self._offset_ms += duration_ms + step
+        self._reschedule()
+
+    def _reschedule(self) -> None:
+        """Keep ``next_due_s`` (read a few times per frame) in step with the clock: whatever
+        moves the anchor or the offset, or starves, stops or closes the clock, calls this."""
+        offset_ms = self._offset_ms
+        if offset_ms is None or self._starved or self._closed:
+            self._due_s = None
+        else:
+            self._due_s = self._anchor_s + offset_ms / 1000.0
 
     def _stop_clock(self) -> None:
         self._offset_ms = None
         self._floor = self._next_seq
         self._starved = False
         self._silent_since_s = None
+        self._due_s = None
 
     def _finish(self, now: float) -> None:
         """The stream is over: the time since the buffer ran dry (or paused) was idle."""
@@ -922,6 +987,7 @@ class JitterBuffer:
         self._ending = False
         self._starved = False
         self._offset_ms = None
+        self._due_s = None
 
     def _count_close_losses(self) -> None:
         missing = [s for s in range(self._next_seq, self._top_seq) if s not in self._frames]
@@ -930,5 +996,4 @@ class JitterBuffer:
             self._lost_memory.add(seq)
         self._tally.unplayed_at_close = len(self._frames)
         self._frames.clear()
-        self._heap.clear()
         self._level_ms = 0.0
