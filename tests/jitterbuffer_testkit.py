@@ -89,7 +89,9 @@ def _frames(rng: random.Random) -> list[AudioFrame]:
             delay_ms = max(0.0, delay_ms - rng.choice([20.0, 100.0, 1000.0]))  # route change
         delay_ms = max(0.0, delay_ms - rng.choice([0.0, 5.0, 20.0]))
         send_s = start_s + media_ms / 1000.0 * (1 + drift)
-        arrival_s = send_s + (delay_ms + rng.expovariate(1 / jitter_ms if jitter_ms else 1e9)) / 1000
+        arrival_s = (
+            send_s + (delay_ms + rng.expovariate(1 / jitter_ms if jitter_ms else 1e9)) / 1000
+        )
         payload, samples = _payload(rng, codec, seq, dur)
         media = media_ms if rng.random() > 0.005 else rng.choice([math.nan, math.inf])
         frame = AudioFrame(

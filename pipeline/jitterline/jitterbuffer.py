@@ -272,12 +272,10 @@ class _WaitTally:
         self.count += 1
         self.sum_ms += wait_ms
         key = math.ceil(wait_ms)
-        if key - wait_ms > _NOISE_CEIL_MS:
+        if key <= 0 or key - wait_ms > _NOISE_CEIL_MS:
             # 60.000000001 ms is float noise: rounded to the us first, it is 60 ms. Only a
-            # wait this close above a whole ms needs the round (0.3 us, most of add's cost).
-            key = math.ceil(round(wait_ms, 6))
-        if key < 0:
-            key = 0
+            # wait this close above a whole ms (or none) needs the round (0.3 us).
+            key = max(0, math.ceil(round(wait_ms, 6)))
         self.buckets[key] = self.buckets.get(key, 0) + 1
 
     def p95_ms(self) -> float | None:
@@ -294,6 +292,45 @@ class _WaitTally:
 
 class JitterBuffer:
     """One stream's playout-clock jitter buffer; see the module docstring for the contract."""
+
+    __slots__ = (
+        "_anchor_s",
+        "_behind_ms",
+        "_capacity",
+        "_catchup_ms",
+        "_closed",
+        "_conceal_mode",
+        "_current_ms",
+        "_debug",
+        "_due_s",
+        "_ending",
+        "_expect_media_ms",
+        "_floor",
+        "_frames",
+        "_highest_seq",
+        "_idle_s",
+        "_idle_since_s",
+        "_last_out",
+        "_last_outcome",
+        "_last_reanchored",
+        "_level_ms",
+        "_lost_memory",
+        "_max_gap",
+        "_max_step_ms",
+        "_next_seq",
+        "_offset_ms",
+        "_outage_ms",
+        "_paused",
+        "_prestart",
+        "_reanchor_next",
+        "_reference",
+        "_reference_used_ms",
+        "_silent_since_s",
+        "_starved",
+        "_tally",
+        "_target_ms",
+        "_waits",
+    )
 
     def __init__(
         self,
@@ -351,9 +388,8 @@ class JitterBuffer:
         self._reference = DelayReference()
         self._reference_used_ms: float | None = None  # the reference the schedule follows
         self._behind_ms = 0.0  # delay above the goal that a fall of the reference caused
-        # Buffer: seq -> frame (none below the next seq), the highest seq, their ms.
+        # Buffer: seq -> frame (none below the next seq), and their ms.
         self._frames: dict[int, AudioFrame] = {}
-        self._top_seq = 0
         self._level_ms = 0.0
         # Clock: slot times are anchor_s + offset_ms / 1000; offset None = nothing scheduled.
         self._anchor_s = 0.0
@@ -473,16 +509,38 @@ class JitterBuffer:
             self._reschedule()
 
     def push(self, frame: AudioFrame) -> list[AudioFrame]:
-        arrival_s = frame.arrival_s
-        try:  # _check_frame's test as comparisons (0.1 us less); it decides anything else
-            valid = -_INF < arrival_s < _INF and 0.0 < frame.duration_ms < _INF
-        except Exception:
-            valid = False
-        if not valid:
-            _check_frame(frame)
+        arrival_s, seq, duration_ms = frame.arrival_s, frame.seq, frame.duration_ms
+        if not (math.isfinite(arrival_s) and math.isfinite(duration_ms) and duration_ms > 0):
+            _check_frame(frame)  # _check_frame's test is inline: its call costs 0.1 us
         due = self._due_s
         emitted = self._drain(due, arrival_s) if due is not None and due <= arrival_s else []
-        self._file(frame, emitted)
+        tally = self._tally
+        tally.received += 1
+        self._last_reanchored = False
+        frames = self._frames
+        if seq in frames:
+            tally.duplicate += 1
+            self._last_outcome = "duplicate"
+            self._trace("duplicate", frame)
+        else:
+            next_seq = self._next_seq
+            if (
+                self._due_s is not None
+                and not (self._ending or self._reanchor_next)
+                and next_seq <= seq < next_seq + self._capacity
+            ):
+                # _file_new's last case, the usual one, tested first; _store's work inline
+                frames[seq] = frame
+                self._level_ms += duration_ms
+                self._last_outcome = "buffered"
+            else:
+                emitted += self._file_new(frame)
+            highest = self._highest_seq  # read after _file_new: a restart forgets it
+            if highest is None or seq > highest:
+                self._highest_seq = seq
+            elif seq < highest:
+                tally.reordered += 1
+        self._follow_reference(frame)
         return emitted
 
     def pop_due(self, now: float) -> list[AudioFrame]:
@@ -533,29 +591,6 @@ class JitterBuffer:
 
     # -- filing -----------------------------------------------------------------------
 
-    def _file(self, frame: AudioFrame, emitted: list[AudioFrame]) -> None:
-        """File ``frame``; what it settles is appended to ``emitted``."""
-        tally = self._tally
-        tally.received += 1
-        self._last_reanchored = False
-        seq = frame.seq
-        if seq in self._frames:
-            tally.duplicate += 1
-            self._last_outcome = "duplicate"
-            self._trace("duplicate", frame)
-        else:
-            next_seq = self._next_seq
-            if (
-                self._due_s is not None
-                and not (self._ending or self._reanchor_next)
-                and next_seq <= seq < next_seq + self._capacity
-            ):
-                self._store(frame)  # _file_new's last case, the usual one, tested first
-            else:
-                emitted += self._file_new(frame)
-            self._note_order(seq)
-        self._follow_reference(frame)
-
     def _file_new(self, frame: AudioFrame) -> list[AudioFrame]:
         seq = frame.seq
         if self._closed:
@@ -585,12 +620,6 @@ class JitterBuffer:
             self._reanchor_next = False
             self._store(frame)
         return []
-
-    def _note_order(self, seq: int) -> None:
-        if self._highest_seq is None or seq > self._highest_seq:
-            self._highest_seq = seq
-        elif seq < self._highest_seq:
-            self._tally.reordered += 1
 
     def _file_unscheduled(self, frame: AudioFrame) -> None:
         """Before the first frame or while stopped: anchor, unless the seq's slot has passed."""
@@ -638,7 +667,7 @@ class JitterBuffer:
         seq = frame.seq
         if not self._prestart or (self._floor is not None and seq < self._floor):
             self._late(frame)
-        elif self._top_seq - seq >= self._capacity:
+        elif max(self._frames) - seq >= self._capacity:  # only before the first slot
             self._overflow(frame)
         else:
             if self._floor is not None:
@@ -698,10 +727,7 @@ class JitterBuffer:
         self._store(frame)
 
     def _store(self, frame: AudioFrame) -> None:
-        seq, frames = frame.seq, self._frames
-        if seq > self._top_seq or not frames:
-            self._top_seq = seq
-        frames[seq] = frame
+        self._frames[frame.seq] = frame
         self._level_ms += frame.duration_ms
         self._last_outcome = "buffered"
 
@@ -732,15 +758,14 @@ class JitterBuffer:
         now_ms = reference.ms
         assert now_ms is not None
         used_ms = self._reference_used_ms
+        if used_ms is not None and jumped_ms == reference.jumped_ms:
+            moved_ms = now_ms - used_ms
+            if 0 < moved_ms < _REFERENCE_STEP_MS:
+                return  # a rise too small to act on: wait for more
+            if self._offset_ms is not None:
+                self._current_ms -= moved_ms
+                self._behind_ms = max(0.0, self._behind_ms - moved_ms)
         self._reference_used_ms = now_ms
-        if used_ms is None or jumped_ms != reference.jumped_ms:
-            return
-        moved_ms = now_ms - used_ms
-        if 0 < moved_ms < _REFERENCE_STEP_MS:
-            self._reference_used_ms = used_ms  # a rise too small to act on: wait for more
-        elif self._offset_ms is not None:
-            self._current_ms -= moved_ms
-            self._behind_ms = max(0.0, self._behind_ms - moved_ms)
 
     def _trace(self, kind: str, frame: AudioFrame) -> None:
         if self._debug:
@@ -805,7 +830,7 @@ class JitterBuffer:
                 if out is not None:
                     emitted.append(out)
             else:
-                emitted.append(self._play(frame, due))
+                emitted.append(self._emit(frame, due, True))
             due = self._due_s
         return emitted
 
@@ -824,7 +849,7 @@ class JitterBuffer:
         if gap_ms:
             self._shift_idle(gap_ms)
             return None
-        return self._play(frame, slot_s)
+        return self._emit(frame, slot_s, True)
 
     def _run_dry(self, slot_s: float) -> None:
         if self._ending:
@@ -839,19 +864,35 @@ class JitterBuffer:
                 self._silent_since_s = slot_s
 
     def _emit_concealed(self) -> AudioFrame:
-        return self._emit(self._conceal(), self._slot_s())
+        return self._emit(self._conceal(), self._slot_s(), False)
 
-    def _emit(self, frame: AudioFrame, slot_s: float) -> AudioFrame:
+    def _emit(self, frame: AudioFrame, slot_s: float, buffered: bool) -> AudioFrame:
+        """``frame`` leaves in the slot at ``slot_s``: the next seq's, taken out of the
+        buffer (``buffered``), or a concealment (whose ``media_ms`` is the one expected).
+        The next slot is one frame later, moved by one glide step toward the target."""
         out = evolve(frame, playout_s=slot_s)
+        if buffered:
+            frames = self._frames
+            del frames[frame.seq]  # _take's work, without its call
+            self._level_ms = self._level_ms - frame.duration_ms if frames else 0.0
+            self._tally.played += 1
         if not frame.concealed:
             self._waits.add((slot_s - frame.arrival_s) * 1000.0)
             self._silent_since_s = None
         self._last_out = out
         self._prestart = False
         self._next_seq += 1
-        duration_ms = out.duration_ms
-        self._expect_media_ms += duration_ms
-        self._advance_clock(duration_ms)
+        duration_ms = frame.duration_ms
+        self._expect_media_ms = frame.media_ms + duration_ms
+        offset_ms = self._offset_ms
+        assert offset_ms is not None
+        if self._current_ms == self._target_ms:
+            offset_ms += duration_ms  # the step is 0: the glide's arithmetic (0.3 us) is moot
+        else:
+            offset_ms += duration_ms + self._glide(duration_ms)
+        self._offset_ms = offset_ms
+        # _reschedule inline (a call is 0.1 us); the clock runs and is not closed here
+        self._due_s = None if self._starved else self._anchor_s + offset_ms / 1000.0
         if self._ending and not self._frames:
             self._finish(slot_s)
         return out
@@ -907,13 +948,6 @@ class JitterBuffer:
         self._level_ms = self._level_ms - frame.duration_ms if self._frames else 0.0
         return frame
 
-    def _play(self, frame: AudioFrame, slot_s: float) -> AudioFrame:
-        """Play the next seq's ``frame`` at ``slot_s``."""
-        self._expect_media_ms = frame.media_ms
-        self._tally.played += 1
-        self._take(frame.seq)
-        return self._emit(frame, slot_s)
-
     def _conceal(self) -> AudioFrame:
         # After the first slot a played frame exists; before it, the lowest buffered one
         # (the anchor, or what a catch-up left) shapes the concealment.
@@ -945,20 +979,13 @@ class JitterBuffer:
         step = min(max(wanted, -self._max_step_ms), self._max_step_ms)
         return max(step, -duration_ms / 2)
 
-    def _advance_clock(self, duration_ms: float) -> None:
-        """Schedule the next slot one frame later, moved by one glide step toward the target."""
-        assert self._offset_ms is not None
-        if self._current_ms == self._target_ms:
-            # At the target the step is 0: the glide's arithmetic (0.3 us) changes nothing
-            # (``behind_ms`` is never negative).
-            self._offset_ms += duration_ms
-        else:
-            step = self._glide_step(self._current_ms, duration_ms)
-            wanted = self._target_ms - self._current_ms
-            self._current_ms = self._target_ms if step == wanted else self._current_ms + step
-            self._behind_ms = max(0.0, self._behind_ms + min(step, 0.0))
-            self._offset_ms += duration_ms + step
-        self._reschedule()
+    def _glide(self, duration_ms: float) -> float:
+        """One glide step of the delay toward the target, for a slot of ``duration_ms``."""
+        step = self._glide_step(self._current_ms, duration_ms)
+        wanted = self._target_ms - self._current_ms
+        self._current_ms = self._target_ms if step == wanted else self._current_ms + step
+        self._behind_ms = max(0.0, self._behind_ms + min(step, 0.0))
+        return step
 
     def _reschedule(self) -> None:
         """Keep ``next_due_s`` (read a few times per frame) in step with the clock: whatever
@@ -990,7 +1017,7 @@ class JitterBuffer:
         self._due_s = None
 
     def _count_close_losses(self) -> None:
-        missing = [s for s in range(self._next_seq, self._top_seq) if s not in self._frames]
+        missing = [s for s in range(self._next_seq, max(self._frames)) if s not in self._frames]
         self._tally.lost += len(missing)
         for seq in missing:
             self._lost_memory.add(seq)
