@@ -17,7 +17,6 @@ import hashlib
 import logging
 import math
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -27,7 +26,7 @@ from jitterline.errors import ConfigError
 from jitterline.frames import AudioFrame, BufferStats, evolve
 from jitterline.jitterbuffer import JitterBuffer
 
-__all__ = ["Trace", "fingerprint", "make_trace"]
+__all__ = ["Trace", "fingerprint", "make_trace", "make_wild_trace"]
 
 Call = tuple[str, Any]
 
@@ -146,7 +145,7 @@ def make_trace(seed: int) -> Trace:
         calls.append(("push", frame if rng.random() > 0.003 else _invalid(rng, frame)))
         if rng.random() < tick:
             calls.append(("pop_due", frame.arrival_s + rng.choice([0.0, 0.001, 0.03, -0.5])))
-        if rng.random() < 0.1:
+        if rng.random() < 0.1:  # a tick just after next_due_s, as the stage's timer fires
             calls.append(("pop_due_next", rng.uniform(0, 0.002)))
         if rng.random() < 0.02:
             calls.append(("set_target_delay", rng.choice([0.0, 40.0, 80.0, 300.0, 2000.0])))
@@ -158,6 +157,57 @@ def make_trace(seed: int) -> Trace:
     calls.append(("pop_due", last_s + 60.0))
     calls.append(("close", last_s + 61.0))
     return Trace(_setup(rng), calls, rng.random() < 0.3, rng.random() < 0.5)
+
+
+_WILD_CALLS = {  # name: weight
+    "push": 50,
+    "pop_due": 20,
+    "set_target_delay": 5,
+    "pause": 5,
+    "resume": 5,
+    "discontinuity": 5,
+    "end": 3,
+    "close": 2,
+}
+
+
+def make_wild_trace(seed: int) -> Trace:
+    """The fuzz tests' alphabet (tests/test_fuzz_jitterbuffer.py): any call in any order, a
+    few seqs, times anywhere in a 35 s span, small capacities and gaps."""
+    rng = random.Random(seed)
+    setup = {
+        "target_delay_ms": rng.uniform(0.0, 400.0),
+        "capacity_frames": rng.randint(1, 16),
+        "max_gap_frames": rng.randint(1, 20),
+        "max_step_ms": rng.uniform(0.5, 50.0),
+        "conceal": rng.choice(["silence", "repeat"]),
+        "late_memory": rng.randint(0, 8),
+        "outage_ms": rng.choice([50.0, 500.0]),
+        "catchup_ms": rng.choice([0.0, 20.0, 100.0]),
+    }
+    calls: list[Call] = []
+    for _ in range(rng.randint(0, 80)):
+        at_s = round(rng.uniform(-5.0, 30.0), 6)
+        name = rng.choices(list(_WILD_CALLS), list(_WILD_CALLS.values()))[0]
+        if name == "push":
+            seq = rng.randint(0, 60)
+            frame = AudioFrame(
+                stream_id="wild",
+                seq=seq,
+                media_ms=seq * 20.0,
+                codec="PCMU",
+                sample_rate=8000,
+                channels=1,
+                payload=bytes([seq]) * 160,
+                duration_ms=20.0,
+                arrival_s=at_s,
+            )
+            calls.append((name, frame))
+        elif name == "set_target_delay":
+            calls.append((name, rng.uniform(0.0, 10_000.0)))
+        else:
+            calls.append((name, at_s))
+    return Trace(setup, calls, rng.random() < 0.3, rng.random() < 0.5)
 
 
 def _frame_state(frame: AudioFrame) -> tuple[Any, ...]:
@@ -204,14 +254,14 @@ class _Lines(logging.Handler):
         self.lines.append(f"{record.levelname} {record.getMessage()}")
 
 
-def fingerprint(trace: Trace, make: Callable[..., JitterBuffer] = JitterBuffer) -> str:
-    """A hash of everything observable that ``trace`` makes a buffer built by ``make`` do."""
+def fingerprint(trace: Trace) -> str:
+    """A hash of everything observable that ``trace`` makes a buffer do."""
     logger = logging.getLogger("jitterline.jitterbuffer")
     lines, level = _Lines(), logger.level
     logger.addHandler(lines)
     logger.setLevel(logging.DEBUG if trace.debug else logging.INFO)
     try:
-        buffer = make(**trace.setup)
+        buffer = JitterBuffer(**trace.setup)
         digest = hashlib.sha256()
         for name, arg in trace.calls:
             try:
@@ -224,7 +274,8 @@ def fingerprint(trace: Trace, make: Callable[..., JitterBuffer] = JitterBuffer) 
                 else:
                     out = getattr(buffer, name)(arg)
             except ConfigError as exc:
-                out, lines.lines = [], [*lines.lines, f"refused {exc}"]
+                out = []
+                lines.lines.append(f"refused {exc}")
             step = (name, [_frame_state(f) for f in out], _state(buffer, trace.stats_every_call))
             digest.update(repr(step).encode())
             digest.update(repr(lines.lines).encode())

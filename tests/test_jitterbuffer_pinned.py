@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from jitterbuffer_testkit import fingerprint, make_trace
+from jitterbuffer_testkit import fingerprint, make_trace, make_wild_trace
 
 PINNED = Path(__file__).with_name("jitterbuffer_pinned.json")
 SEEDS = range(256)
@@ -26,10 +26,22 @@ def pinned() -> dict[str, str]:
     return recorded
 
 
+def record() -> dict[str, str]:
+    """The fingerprints of every pinned trace, keyed as in ``jitterbuffer_pinned.json``."""
+    streams = {str(seed): fingerprint(make_trace(seed)) for seed in SEEDS}
+    wild = {f"wild-{seed}": fingerprint(make_wild_trace(seed)) for seed in SEEDS}
+    return streams | wild
+
+
 @pytest.mark.parametrize("seed", SEEDS)
-def test_buffer_plays_the_seeded_trace_as_pinned(seed: int, pinned: dict[str, str]) -> None:
+def test_buffer_plays_the_seeded_stream_as_pinned(seed: int, pinned: dict[str, str]) -> None:
     assert fingerprint(make_trace(seed)) == pinned[str(seed)]
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_buffer_answers_the_seeded_wild_calls_as_pinned(seed: int, pinned: dict[str, str]) -> None:
+    assert fingerprint(make_wild_trace(seed)) == pinned[f"wild-{seed}"]
+
+
 if __name__ == "__main__":
-    print(json.dumps({seed: fingerprint(make_trace(seed)) for seed in SEEDS}, indent=0))
+    print(json.dumps(record(), indent=0))

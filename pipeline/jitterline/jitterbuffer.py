@@ -501,8 +501,7 @@ class JitterBuffer:
             # The slots this moves are silent anyway: the frames still to come turn from
             # late to on time at no cost, where a glide would leave them late.
             self._offset_ms += self._target_ms - self._current_ms
-            self._current_ms = self._target_ms
-            self._reschedule()
+            self._current_ms = self._target_ms  # next_due_s stays None until a frame comes
 
     def push(self, frame: AudioFrame) -> list[AudioFrame]:
         """Check, advance the clock, file, follow the delay reference (see the module
