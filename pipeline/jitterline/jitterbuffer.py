@@ -809,7 +809,7 @@ class JitterBuffer:
     def _drain(self, due: float | None, now: float) -> list[AudioFrame]:
         """Emit every slot due by ``now``, the first at ``due``. The usual slot, whose frame
         is buffered with no catch-up or media gap before it, plays here at once: the same
-        outcome as ``_emit_slot``'s checks in turn, without their three calls and min()."""
+        outcome as ``_emit_slot``'s checks in turn, without its four calls and two min()s."""
         emitted: list[AudioFrame] = []
         frames = self._frames
         while due is not None and due <= now:
