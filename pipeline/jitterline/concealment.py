@@ -30,14 +30,14 @@ with the codec's own concealment (or the next packet's in-band FEC) for a missin
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from .codecs import Codec, FrameDecoder, StreamCodec, is_stream_codec
 from .errors import CodecError
-from .frames import AudioFrame, Samples
+from .frames import AudioFrame, Samples, evolve
 from .registry import Registry
 
 __all__ = [
@@ -118,9 +118,9 @@ def conceal(state: PitchState, samples_per_channel: int) -> tuple[Samples, Pitch
     """Samples for one missing frame (interleaved int16), and the state after it."""
     if not state.concealing:
         period = pitch_period(state.history.mean(axis=1), state.sample_rate)
-        state = replace(state, cycle=state.history[state.history.shape[0] - period :])
+        state = evolve(state, cycle=state.history[state.history.shape[0] - period :])
     synthetic = _continuation(state, samples_per_channel)
-    state = replace(state, position=state.position + samples_per_channel)
+    state = evolve(state, position=state.position + samples_per_channel)
     return _to_int16(synthetic), _remember(state, synthetic)
 
 
@@ -134,7 +134,7 @@ def receive(state: PitchState, samples: Samples) -> tuple[Samples, PitchState]:
         tail = _continuation(state, size)
         ramp = (np.arange(1, size + 1) / (size + 1))[:, None]
         frame[:size] = tail * (1.0 - ramp) + frame[:size] * ramp
-    state = replace(state, cycle=state.cycle[:0], position=0)
+    state = evolve(state, cycle=state.cycle[:0], position=0)
     return (_to_int16(frame) if changed else samples), _remember(state, frame)
 
 
@@ -161,7 +161,7 @@ def _gain(positions: npt.NDArray[np.int64], sample_rate: int) -> _Float:
 def _remember(state: PitchState, played: _Float) -> PitchState:
     keep = round(_HISTORY_MS * state.sample_rate / 1000)
     history = np.concatenate((state.history, played))[-keep:]
-    return replace(state, history=history)
+    return evolve(state, history=history)
 
 
 def _to_int16(samples: _Float) -> Samples:
@@ -195,23 +195,22 @@ class PlayoutDecoder:
 
     def _codec(self, name: str) -> tuple[Codec, StreamCodec | None]:
         """The registry's codec and, if it has state across frames, the same object as a
-        ``StreamCodec``: looked up and decided once per codec name, not on every frame."""
-        kind = self._kinds.get(name)
-        if kind is None:
-            codec = self._codecs.get(name)
-            kind = self._kinds[name] = (codec, codec if is_stream_codec(codec) else None)
+        ``StreamCodec``: looked up and decided once per codec name (``_kinds``, which the
+        per-frame calls read first, sparing this call)."""
+        codec = self._codecs.get(name)
+        kind = self._kinds[name] = (codec, codec if is_stream_codec(codec) else None)
         return kind
 
     def arrived(self, frame: AudioFrame) -> None:
         """A frame the buffer kept: its payload may carry FEC for the one before it."""
-        if self._codec(frame.codec)[1] is None:
+        if (self._kinds.get(frame.codec) or self._codec(frame.codec))[1] is None:
             return
         self._pending[frame.seq] = frame.payload
         if len(self._pending) > self._capacity:
             del self._pending[min(self._pending)]
 
     def play(self, frame: AudioFrame) -> AudioFrame:
-        codec, stateful = self._codec(frame.codec)
+        codec, stateful = self._kinds.get(frame.codec) or self._codec(frame.codec)
         if stateful is not None:
             return self._play_stateful(stateful, frame)
         if self._speech and frame.samples is not None:
@@ -238,7 +237,7 @@ class PlayoutDecoder:
             self._note_failure(frame, exc)
             samples = np.zeros(count * frame.channels, dtype=np.int16)
             samples.flags.writeable = False
-        return replace(frame, samples=samples)
+        return evolve(frame, samples=samples)
 
     def _decoder_for(self, codec: StreamCodec, frame: AudioFrame) -> FrameDecoder:
         key = (frame.codec.upper(), frame.sample_rate, frame.channels)
@@ -269,6 +268,6 @@ class PlayoutDecoder:
         if frame.concealed:
             count = samples.size // frame.channels
             synthetic, self._pitch = conceal(state, count)
-            return replace(frame, samples=synthetic, payload=codec.encode(synthetic))
+            return evolve(frame, samples=synthetic, payload=codec.encode(synthetic))
         played, self._pitch = receive(state, samples)
-        return frame if played is samples else replace(frame, samples=played)
+        return frame if played is samples else evolve(frame, samples=played)
