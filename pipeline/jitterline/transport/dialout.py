@@ -10,8 +10,8 @@ descriptor lets ``close()`` shut the connection down from another thread at any 
 and discarded.
 
 Once upgraded, the socket is made non-blocking and registered with ``loop.add_reader``,
-and we read the frames ourselves (``framing.FrameReader``): websocket-client's own frame
-reader cost ~9 us a frame, the reader ~1 us. Each readiness reads what the socket has (TLS:
+and we read the frames ourselves (``framing.FrameReader``, a quarter of the instructions
+of websocket-client's frame reader). Each readiness reads what the socket has (TLS:
 until it would block, which also drains bytes TLS decrypted ahead, ``SSLSocket.pending()``,
 invisible to epoll) and hands over every complete frame; a partial frame waits in the reader
 for the next readiness. A frame's header is looked at before its payload is needed, so that
@@ -464,7 +464,8 @@ class DialOut:
 
         The core is driven afterwards only when it has something to look at (a control
         frame, a fault, a frame begun or finished for ``frame_timeout_s``): plain data
-        changes none of its decisions, and driving it cost ~5 us a readiness."""
+        changes none of its decisions, and driving it cost ~22 000 instructions a
+        readiness (callgrind), more than reading and handing over the frame."""
         if self._link is not link:
             return
         frames = link.frames

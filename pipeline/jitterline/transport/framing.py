@@ -3,9 +3,10 @@
 websocket-client still opens every connection (the user's choice of library); once it is
 upgraded we read the frames ourselves. Its ``frame_buffer`` pulls each header field and
 payload through ``recv_strict`` (a list of chunks summed, joined and re-split per field),
-builds an ``ABNF`` object and validates it: about 9 us a frame here, most of the
-transport's cost at one frame per socket readiness. ``FrameReader`` parses the header in
-place from the bytes one ``recv`` returned and slices the payload out: about 1 us.
+builds an ``ABNF`` object, validates it and ends each read with an exception: ~50 000
+instructions a 570-byte frame (callgrind), most of the transport's cost at one frame per
+socket readiness. ``FrameReader`` parses the header in place in the bytes one ``recv``
+returned and slices the payload out: ~11 000.
 
 The reader keeps websocket-client's semantics where they show: a frame's header is known
 (``header``) before any of its payload is needed, so the shell can refuse an oversized
@@ -74,9 +75,9 @@ class FrameReader:
         """Parse the next frame's header (up to its length) if all of it is in."""
         if self.first >= 0:
             return True
-        if self._held:  # still short of what the last look needed
-            return False
         buffer, pos = self._buffer, self._pos
+        if self._held or pos >= len(buffer):  # short of what the last look needed, or empty
+            return False
         start = pos + 2
         if start > len(buffer):
             return self._need(start)
