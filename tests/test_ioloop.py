@@ -203,3 +203,18 @@ def test_stop_from_a_callback_ends_the_loop_thread_without_joining_itself(
     assert not any(t.name == "test-io-self-stop" for t in threading.enumerate())
     assert "Exception in callback" not in caplog.text  # stop() did not try to join itself
     loop.stop()
+
+
+def test_call_soon_runs_in_order_from_the_loop_and_from_other_threads() -> None:
+    with IOLoop(name="test-io-soon") as loop:
+        order: list[str] = []
+        done = threading.Event()
+
+        def on_loop() -> None:
+            loop.call_soon(order.append, "first")
+            loop.call_soon(order.append, "second")
+            loop.call_soon(done.set)
+
+        loop.call_soon(on_loop)  # from this thread: the thread-safe path
+        assert done.wait(5.0)
+        assert order == ["first", "second"]

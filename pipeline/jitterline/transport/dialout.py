@@ -258,7 +258,7 @@ class DialOut:
             if ioloop is None or self._kicked:
                 return
             self._kicked = True
-        ioloop.call_soon_threadsafe(self._guarded, self._kicked_drive)
+        ioloop.call_soon(self._guarded, self._kicked_drive)
 
     def _guarded(self, step: Callable[..., None], *args: Any) -> None:
         """Every loop entry goes through here: a bug (ours, or a dialect's) must end this
