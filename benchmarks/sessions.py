@@ -21,6 +21,12 @@ A receiver *holds* N when the p99 lag is <= 20 ms and every audio message the se
 received was accounted for. The figure is the largest N held; ``sessions_ratio`` is
 jitterline's over the bare loop's. The endpoint itself is part of both runs: if it falls
 behind, both receivers see it, which is why the ratio, not the absolute N, is the claim.
+
+Each step also prints the receiver's CPU time per message over the window (this process,
+all threads; the endpoint is another process). On a busy shared machine the largest N
+held moves a lot between runs while the work per message does not, so
+``sessions_cpu_ratio`` (jitterline's CPU per message over the bare loop's, at the largest
+N both held) says where the cost stands when the held N cannot.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ import multiprocessing
 import multiprocessing.connection
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -89,6 +96,21 @@ async def _serve(conn: multiprocessing.connection.Connection) -> None:
             await asyncio.sleep(max(0.0, start + seq * 0.02 - loop.time()))
 
 
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One receiver at one N: p99 lag, whether every message was accounted for, and the
+    CPU time this process spent per message received over the window."""
+
+    p99_ms: float
+    accounted: bool
+    cpu_us_per_message: float
+
+
+def _step(lags_ms: list[float], accounted: bool, cpu_s: float) -> Step:
+    per_message = cpu_s / len(lags_ms) * 1e6 if lags_ms else float("inf")
+    return Step(_p99(lags_ms), accounted, per_message)
+
+
 def _sent_wall_s(text: str) -> float | None:
     """The envelope's send stamp, read without parsing the message (cheap, so the probe
     barely weighs on the receiver it measures)."""
@@ -118,8 +140,9 @@ class LagProbe:
                 self.lags_ms.append((time.time() - sent) * 1000.0)
 
 
-def measure_jitterline(url: str, n: int, window_s: float) -> tuple[float, bool]:
-    """p99 lag (ms) over ``window_s`` with N streams, and whether every stream balanced."""
+def measure_jitterline(url: str, n: int, window_s: float) -> Step:
+    """Lag, accounting and CPU over ``window_s`` with N streams (accounted: every stream
+    balanced)."""
     probe = LagProbe()
     with IOLoop() as ioloop:
         runtime = Runtime(PluginHost(plugins=[probe]), ioloop=ioloop)
@@ -133,24 +156,26 @@ def measure_jitterline(url: str, n: int, window_s: float) -> tuple[float, bool]:
         for _, session in streams:
             session.start()
         _settle(lambda: sum(s.diagnostics().connected for _, s in streams) == n)
+        cpu_s = time.process_time()
         probe.recording = True
         time.sleep(window_s)
         probe.recording = False
+        cpu_s = time.process_time() - cpu_s
         balanced = True
         for connection, session in streams:
             session.close(1.0)
             messages = session.diagnostics().messages_in
             stats, _ = runtime.call(connection.finish).primary
             balanced &= stats.frames.balanced and stats.frames.received == messages - 1
-    return _p99(probe.lags_ms), balanced
+    return _step(probe.lags_ms, balanced, cpu_s)
 
 
-def measure_bare(url: str, n: int, window_s: float) -> tuple[float, bool]:
+def measure_bare(url: str, n: int, window_s: float) -> Step:
     """The same with N bare asyncio websockets clients in one loop."""
     return asyncio.run(_bare(url, n, window_s))
 
 
-async def _bare(url: str, n: int, window_s: float) -> tuple[float, bool]:
+async def _bare(url: str, n: int, window_s: float) -> Step:
     lags_ms: list[float] = []
     state = {"recording": False, "connected": 0}
 
@@ -173,13 +198,15 @@ async def _bare(url: str, n: int, window_s: float) -> tuple[float, bool]:
     while state["connected"] < n and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     await asyncio.sleep(1.0)
+    cpu_s = time.process_time()
     state["recording"] = True
     await asyncio.sleep(window_s)
     state["recording"] = False
+    cpu_s = time.process_time() - cpu_s
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    return _p99(lags_ms), state["connected"] == n
+    return _step(lags_ms, state["connected"] == n, cpu_s)
 
 
 def _settle(ready: Any, timeout_s: float = 60.0) -> None:
@@ -195,17 +222,27 @@ def _p99(values: list[float]) -> float:
     return float(np.percentile(values, 99)) if values else float("inf")
 
 
-def largest_held(url: str, measure: Any, steps: Sequence[int], window_s: float) -> int:
+Measure = Callable[[str, int, float], Step]
+
+
+def largest_held(
+    url: str, measure: Measure, steps: Sequence[int], window_s: float
+) -> tuple[int, dict[int, Step]]:
+    """The largest N held, and every step measured (up to the first not held)."""
     held = 0
+    measured: dict[int, Step] = {}
     for n in steps:
-        p99, accounted = measure(url, n, window_s)
-        ok = p99 <= LAG_LIMIT_MS and accounted
+        step = measured[n] = measure(url, n, window_s)
+        ok = step.p99_ms <= LAG_LIMIT_MS and step.accounted
         verdict = "held" if ok else "NOT held"
-        print(f"  N={n:4d}  p99 lag {p99:8.1f} ms  accounted={accounted}  {verdict}")
+        print(
+            f"  N={n:4d}  p99 lag {step.p99_ms:8.1f} ms  accounted={step.accounted}  "
+            f"CPU {step.cpu_us_per_message:6.1f} us/message  {verdict}"
+        )
         if not ok:
             break
         held = n
-    return held
+    return held, measured
 
 
 def run(quick: bool = False) -> dict[str, float]:
@@ -218,16 +255,30 @@ def run(quick: bool = False) -> dict[str, float]:
         url = parent.recv()
         measure_bare(url, 10, 1.0)  # warm both ends up; not counted
         print("bare asyncio websockets loop (recv + json.loads + base64):")
-        bare = largest_held(url, measure_bare, steps, window_s)
+        bare, bare_steps = largest_held(url, measure_bare, steps, window_s)
         print("jitterline runtime (full pipeline per stream):")
-        ours = largest_held(url, measure_jitterline, steps, window_s)
+        ours, our_steps = largest_held(url, measure_jitterline, steps, window_s)
     finally:
         parent.send("stop")
         endpoint.join(10)
     ratio = ours / bare if bare else 0.0
+    at = min(ours, bare) or steps[0]  # where both kept up (a backlog batches reads)
+    our_cpu = our_steps[at].cpu_us_per_message
+    bare_cpu = bare_steps[at].cpu_us_per_message
     print(f"largest N held (p99 lag <= {LAG_LIMIT_MS:.0f} ms): jitterline {ours}, bare {bare}")
     print(f"sessions_ratio: {ratio:.2f}")
-    return {"max_sessions": float(ours), "bare_max_sessions": float(bare), "sessions_ratio": ratio}
+    print(
+        f"CPU per message at N={at}: jitterline {our_cpu:.1f} us, bare {bare_cpu:.1f} us; "
+        f"sessions_cpu_ratio: {our_cpu / bare_cpu:.2f}"
+    )
+    return {
+        "max_sessions": float(ours),
+        "bare_max_sessions": float(bare),
+        "sessions_ratio": ratio,
+        "sessions_cpu_us_per_message": our_cpu,
+        "sessions_bare_cpu_us_per_message": bare_cpu,
+        "sessions_cpu_ratio": our_cpu / bare_cpu,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:

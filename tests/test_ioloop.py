@@ -1,6 +1,7 @@
-"""The shared I/O loop, and the two facts about the installed websocket-client the dial-out
-shell is built on: over a non-blocking socket its frame reader raises ``BlockingIOError``
-(TCP) or ``ssl.SSLWantReadError`` (TLS) instead of waiting, and resumes where it stopped."""
+"""The shared I/O loop, and the socket facts the dial-out shell's reading is built on: a
+non-blocking socket raises ``BlockingIOError`` (TCP) or ``ssl.SSLWantReadError`` (TLS)
+instead of waiting, the frame reader resumes where the bytes stopped, and TLS holds
+decrypted bytes where epoll cannot see them."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import websocket
 from websocket import ABNF
 
 from jitterline.errors import ConfigError
 from jitterline.transport import IOLoop
+from jitterline.transport.framing import FrameReader
 from jitterline.transport.ioloop import EXECUTOR_WORKERS
 from transport_testkit import server_frame, tls_client_context, tls_server_context
 
@@ -77,19 +78,18 @@ def test_the_shared_loop_is_one_per_process() -> None:
 # -- websocket-client's frame reader over non-blocking sockets -----------------------------
 
 
-class CountingReader:
-    """``recv`` over a non-blocking socket, as the dial-out shell gives the frame reader."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.asked: list[int] = []
-
-    def recv(self, bufsize: int) -> bytes:
-        self.asked.append(bufsize)
-        data = self.sock.recv(bufsize)
+def read_frame(sock: socket.socket, frames: FrameReader) -> bytes:
+    """One payload as the shell reads it: parse what is in, else one ``recv`` (which
+    raises rather than waits on a non-blocking socket) and look again."""
+    while True:
+        if frames.header():
+            payload = frames.payload()
+            if payload is not None:
+                return payload
+        data = sock.recv(65536)
         if not data:
             raise ConnectionResetError("peer closed")
-        return data
+        frames.feed(data)
 
 
 @pytest.fixture
@@ -101,36 +101,35 @@ def tcp_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     server.close()
 
 
-def test_frame_reader_raises_blocking_io_error_and_resumes_mid_header_and_payload(
+def test_reading_raises_blocking_io_error_and_resumes_mid_header_and_payload(
     tcp_pair: tuple[socket.socket, socket.socket],
 ) -> None:
     client, server = tcp_pair
-    reader = CountingReader(client)
-    frames = websocket.frame_buffer(reader.recv, True)
+    frames = FrameReader()
     wire = server_frame(ABNF.OPCODE_TEXT, b"x" * 300)  # 2 + 2 header bytes, 300 payload
     for cut in (1, 3, 100):  # mid header, mid extended length, mid payload
         server.sendall(wire[:cut])
         wire = wire[cut:]
         with pytest.raises(BlockingIOError):
-            frames.recv_frame()
+            read_frame(client, frames)
+        assert frames.partial
     server.sendall(wire)
-    frame = frames.recv_frame()
-    assert (frame.opcode, frame.data) == (ABNF.OPCODE_TEXT, b"x" * 300)
-    assert frames.header is None and frames.recv_buffer == []  # ready for the next frame
+    assert read_frame(client, frames) == b"x" * 300
+    assert not frames.partial  # ready for the next frame
 
 
-def test_header_and_length_can_be_read_before_the_payload(
+def test_the_length_is_known_before_any_payload_byte_is_in(
     tcp_pair: tuple[socket.socket, socket.socket],
 ) -> None:
-    """What the size cap relies on: the length is known while no payload byte was read."""
+    """What the size cap relies on: the header announces the length on its own."""
     client, server = tcp_pair
-    reader = CountingReader(client)
-    frames = websocket.frame_buffer(reader.recv, True)
-    server.sendall(server_frame(ABNF.OPCODE_BINARY, b"\0" * 70_000))
-    frames.recv_header()
-    frames.recv_length()
+    frames = FrameReader()
+    wire = server_frame(ABNF.OPCODE_BINARY, b"\0" * 70_000)
+    server.sendall(wire[:10])  # the header and its 64-bit length only
+    frames.feed(client.recv(65536))
+    assert frames.header()
     assert frames.length == 70_000
-    assert reader.asked == [2, 8]  # header and 64-bit length only
+    assert frames.payload() is None
 
 
 @pytest.fixture
@@ -152,42 +151,44 @@ def tls_pair(tmp_path: Path) -> Iterator[tuple[ssl.SSLSocket, ssl.SSLSocket]]:
     server_side[0].close()
 
 
-def test_frame_reader_raises_ssl_want_read_and_resumes_over_tls(
+def test_reading_raises_ssl_want_read_and_resumes_over_tls(
     tls_pair: tuple[ssl.SSLSocket, ssl.SSLSocket],
 ) -> None:
     client, server = tls_pair
-    frames = websocket.frame_buffer(CountingReader(client).recv, True)
+    frames = FrameReader()
     wire = server_frame(ABNF.OPCODE_TEXT, b"y" * 5000)
     server.sendall(wire[:2])
     with pytest.raises(ssl.SSLWantReadError):
-        frames.recv_frame()
+        read_frame(client, frames)
     server.sendall(wire[2:2000])
     with pytest.raises(ssl.SSLWantReadError):
-        frames.recv_frame()
+        read_frame(client, frames)
     server.sendall(wire[2000:])
-    assert frames.recv_frame().data == b"y" * 5000
+    assert read_frame(client, frames) == b"y" * 5000
 
 
 def test_tls_holds_decrypted_bytes_that_the_socket_does_not_show(
     tls_pair: tuple[ssl.SSLSocket, ssl.SSLSocket],
 ) -> None:
-    """Why the shell reads until the socket would block instead of one read per event:
+    """Why the shell reads TLS until the socket would block instead of once per event:
     after a small read the rest of a TLS record waits in ``pending()``, not in the kernel."""
     client, server = tls_pair
-    server.sendall(server_frame(ABNF.OPCODE_TEXT, b"a") * 100)
-    frames = websocket.frame_buffer(CountingReader(client).recv, True)
+    wire = server_frame(ABNF.OPCODE_TEXT, b"a") * 100
+    server.sendall(wire)
     while True:
         try:
-            first = frames.recv_frame()
+            first = client.recv(3)
             break
         except ssl.SSLWantReadError:
             threading.Event().wait(0.01)
-    assert first.data == b"a"
+    assert first == wire[:3]
     assert client.pending() > 0
     readable, _, _ = select.select([client], [], [], 0)
     assert readable == []  # epoll/select would never wake us for these bytes
-    rest = [frames.recv_frame().data for _ in range(99)]
-    assert rest == [b"a"] * 99
+    frames = FrameReader()
+    frames.feed(first)
+    rest = [read_frame(client, frames) for _ in range(100)]
+    assert rest == [b"a"] * 100
 
 
 def test_stop_from_a_callback_ends_the_loop_thread_without_joining_itself(
@@ -202,3 +203,18 @@ def test_stop_from_a_callback_ends_the_loop_thread_without_joining_itself(
     assert not any(t.name == "test-io-self-stop" for t in threading.enumerate())
     assert "Exception in callback" not in caplog.text  # stop() did not try to join itself
     loop.stop()
+
+
+def test_call_soon_runs_in_order_from_the_loop_and_from_other_threads() -> None:
+    with IOLoop(name="test-io-soon") as loop:
+        order: list[str] = []
+        done = threading.Event()
+
+        def on_loop() -> None:
+            loop.call_soon(order.append, "first")
+            loop.call_soon(order.append, "second")
+            loop.call_soon(done.set)
+
+        loop.call_soon(on_loop)  # from this thread: the thread-safe path
+        assert done.wait(5.0)
+        assert order == ["first", "second"]

@@ -9,13 +9,16 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from jitterline import ConnectionEvent, PipelineConfig, PluginHost, Stats, StreamInfo, hookimpl
 from jitterline.emulator import Emulator
 from jitterline.live import SessionOptions, run_live
-from jitterline.runtime import Runtime
+from jitterline.runtime import RunClock, Runtime
 from jitterline.transport import IOLoop
 
 WAIT_S = 30.0
@@ -144,3 +147,20 @@ def test_tune_gc_freezes_start_up_and_makes_collections_rarer() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.split() == ["True", "True", "True"]
+
+
+@given(st.floats(0.0, 1e6), st.floats(0.0, 1e7))
+def test_the_run_clock_reads_whole_microseconds_as_a_virtual_clock_would(
+    start_s: float, elapsed_s: float
+) -> None:
+    """Each reading is a microsecond value exactly as a datetime-based virtual clock holds
+    it, so a capture replays with the very same floats; it is ``round(x, 6)`` of the
+    elapsed time except within a rounding error of a half microsecond."""
+    readings = iter([start_s, start_s + elapsed_s])
+    clock = RunClock(lambda: next(readings))
+    now_s = clock()
+    assert timedelta(seconds=now_s).total_seconds() == now_s == round(now_s, 6)
+    exact = start_s + elapsed_s - start_s
+    assert abs(now_s - exact) <= 0.5e-6 + 1e-9
+    if abs(exact * 1e6 % 1 - 0.5) > 1e-3:
+        assert now_s == round(exact, 6)

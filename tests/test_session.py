@@ -966,3 +966,29 @@ def test_a_peer_that_stops_reading_fills_the_queue_not_the_loop(recorder: Record
     assert accepted.count(False) > 0
     assert diagnostics.outbound_dropped >= accepted.count(False)
     assert diagnostics.connected
+
+
+def test_a_burst_of_many_frames_in_few_reads_arrives_whole_and_in_order(
+    recorder: Recorder,
+) -> None:
+    """More frames than one readiness hands over and more bytes than one read takes, cut
+    at arbitrary points by TCP, one of them masked (a server must not, websocket-client
+    unmasks it anyway): every message arrives once, in order."""
+    texts = [f"{n:04d} " + "x" * (n % 300) for n in range(1000)]
+    key = b"\x01\x02\x03\x04"
+    masked = bytes([0x81, 0x80 | 6]) + key + ABNF.mask(key, b"masked")
+    burst = b"".join(server_frame(ABNF.OPCODE_TEXT, text.encode()) for text in texts[:500])
+    burst += masked + b"".join(server_frame(ABNF.OPCODE_TEXT, t.encode()) for t in texts[500:])
+
+    def script(connection: socket.socket, number: int) -> None:
+        connection.sendall(burst)
+        peer.stop.wait(WAIT_S)
+
+    with RawPeer(script) as peer, make_session(peer.url, recorder, ping_interval_s=0) as session:
+        recorder.wait_for(lambda: len(recorder.messages()) == 1001)
+        diagnostics = session.diagnostics()
+        dropped = recorder.events("disconnected")
+    assert [m.data for m in recorder.messages()] == [*texts[:500], "masked", *texts[500:]]
+    assert diagnostics.bytes_in == len(burst)
+    assert diagnostics.messages_in == 1001
+    assert dropped == []

@@ -3,8 +3,9 @@
 ``Session`` is the public face of a ``DialOut`` (the I/O shell) driving a ``SessionCore``
 (the decisions) on an ``IOLoop`` shared by every session of the process, so a session
 costs one socket, not a thread. We use websocket-client's ``WebSocket`` for the handshake
-and framing rather than ``WebSocketApp``: the app's ping thread is unnamed, its timing
-reads the wall clock, and its ``reconnect=`` waits a fixed delay with no backoff or jitter.
+and the frames we write rather than ``WebSocketApp``: the app's ping thread is unnamed, its
+timing reads the wall clock, and its ``reconnect=`` waits a fixed delay with no backoff or
+jitter. Received frames are read by our own ``framing.FrameReader`` (see ``dialout``).
 
 What a session guarantees (details in ``core``): reconnects with capped, jittered
 backoff and the peer's Retry-After; one token refresh on a 401; fatal close codes and
