@@ -34,7 +34,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import numpy.typing as npt
-from reactivex import Observable, abc
+from reactivex import abc
 from reactivex.disposable import Disposable, SerialDisposable
 
 from .capture import CaptureWriter
@@ -55,7 +55,7 @@ from .outbound import Outbound, Playback, frame_bytes_for
 from .plugins import PluginHost
 from .protocols import Dialect
 from .schedulers import LoopScheduler
-from .stages import Pipeline, build_pipeline, receive
+from .stages import Pipeline, Relay, build_pipeline, receive
 from .transport import IOLoop, Session
 
 __all__ = ["Connection", "RunClock", "Runtime", "tune_gc"]
@@ -216,46 +216,6 @@ class Runtime:
         )
 
 
-class _Feed(Observable[Any]):
-    """Where a connection's events enter its pipeline: a ``Subject`` cut down to what one
-    on the loop thread needs. reactivex's takes a lock and copies its observer list for
-    every item (~1.5 us an event); this one feeds its subscribers as they are (a dispose
-    or a completion replaces the tuple, so an item being delivered finishes as it began).
-    Like a Subject it ignores items after ``on_completed`` and completes late subscribers
-    at once."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._observers: tuple[abc.ObserverBase[Any], ...] = ()
-        self._stopped = False
-
-    def _subscribe_core(
-        self, observer: abc.ObserverBase[Any], scheduler: abc.SchedulerBase | None = None
-    ) -> abc.DisposableBase:
-        if self._stopped:
-            observer.on_completed()
-            return Disposable()
-        self._observers += (observer,)
-
-        def unsubscribe() -> None:
-            self._observers = tuple(o for o in self._observers if o is not observer)
-
-        return Disposable(unsubscribe)
-
-    def on_next(self, item: Any) -> None:
-        if not self._stopped:
-            for observer in self._observers:
-                observer.on_next(item)
-
-    def on_completed(self) -> None:
-        if self._stopped:
-            return
-        self._stopped = True
-        observers, self._observers = self._observers, ()
-        for observer in observers:
-            observer.on_completed()
-
-
 @dataclass(frozen=True, slots=True)
 class Finished:
     """A connection's end: the final snapshot and diagnosis of each of its channels."""
@@ -296,7 +256,7 @@ class Connection:
         self._close = close
         self._record = record
         self._on_item = on_item
-        self._subject = _Feed()
+        self._subject = Relay()
         self._timer = SerialDisposable()
         self._timer_due: float | None = None
         self._closing = False
