@@ -17,6 +17,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+import pybase64
+
 from .. import checks
 from ..errors import ConfigError, DialectError
 from ..frames import Malformed, Message
@@ -31,6 +34,8 @@ __all__ = [
     "decode_audio",
     "dumps",
     "load_object",
+    "quick_audio",
+    "quick_object",
     "refusal",
     "short",
 ]
@@ -118,6 +123,28 @@ def load_object(message: Message, max_chars: int, wording: Wording) -> dict[str,
     return document
 
 
+def quick_object(message: Message, max_chars: int) -> dict[str, Any] | None:
+    """What ``load_object`` returns for a well-formed message, from orjson (1.6 us for a
+    570-char audio chunk against 6.2 us for the stdlib decoder), or None where
+    ``load_object`` must decide: binary, oversized, not an object, or refused by orjson,
+    which refuses all the stdlib decoder refuses and more (lone surrogates, nesting past
+    1024, ``1e400``), so a None costs a second parse and nothing else.
+
+    One accepted document differs: orjson turns an integer outside the 64-bit range into a
+    float (>= 2**63 in magnitude) where the stdlib keeps the int. A caller only takes
+    values whose type and range it checks, and on a failed check starts over with
+    ``load_object``, which then refuses with the exact values and wording.
+    """
+    data = message.data
+    if type(data) is not str or len(data) > max_chars:
+        return None
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return document if type(document) is dict else None
+
+
 @functools.cache
 def _decoder(constant_hint: str) -> json.JSONDecoder:
     """One decoder per dialect's wording: ``json.loads`` with ``parse_constant`` builds a
@@ -145,6 +172,18 @@ def decode_audio(text: object, label: str, *, empty_hint: str) -> bytes:
     if not audio:
         raise Refused("audio", f"{label} is empty; {empty_hint}")
     return audio
+
+
+def quick_audio(text: object) -> bytes:
+    """What ``decode_audio`` returns for usual audio (pybase64: 0.6 us for 320 bytes against
+    2.0 us for ``base64``), or ``b""`` where ``decode_audio`` must decide: pybase64
+    refuses all the stdlib refuses and more (excess padding such as ``"AAAA="``)."""
+    if type(text) is not str:
+        return b""
+    try:
+        return pybase64.b64decode(text, validate=True)
+    except ValueError:  # binascii.Error, or a non-ASCII string
+        return b""
 
 
 def short(value: object) -> str:

@@ -70,6 +70,11 @@ MAX_SEQ = 2**53
 MAX_WALL_S = 1e11
 """Epoch seconds up to the year ~5100; epoch *milliseconds* (1.7e12 today) land above it."""
 
+_PACKET_TIMED = ("OPUS",)
+"""Formats whose play time is read from each packet, not from its length."""
+
+_ABSENT = object()
+
 RATE_RANGE = (8000, 192000)
 CHANNEL_RANGE = (1, 8)
 
@@ -168,6 +173,8 @@ class AppFoundryDialect:
         self._outgoing: list[str | bytes] = []
         self._next_seq = 0
         self._ended = False
+        self._timing: tuple[str, int, int, int] | None = None
+        self._timing_ms = 0.0
 
     def __repr__(self) -> str:
         return f"AppFoundryDialect(role={self.role!r}, state={self.state!r})"
@@ -185,6 +192,11 @@ class AppFoundryDialect:
             )
 
     def receive(self, message: Message) -> list[Event]:
+        envelope = _jsontext.quick_object(message, self.max_message_chars)
+        if envelope is not None:
+            frame = self._quick_audio_frame(envelope, message)
+            if frame is not None:
+                return [frame]
         try:
             return self._receive(message)
         except Refused as exc:
@@ -244,6 +256,91 @@ class AppFoundryDialect:
         self._outgoing.append(text)
 
     # -- receiving ------------------------------------------------------------------------
+
+    def _quick_audio_frame(self, envelope: dict[str, Any], message: Message) -> AudioFrame | None:
+        """The usual ``audio_chunk`` on exact-type checks only, or None for ``_receive`` to
+        decide (with the stdlib's values and its wording). About a third of the checked
+        path's cost: no label, no refusal wording, no registry look-up for the duration.
+
+        Exact types also keep out orjson's floats for integers past 64 bits
+        (``quick_object``): none is an int, and none lies in a wall-clock range.
+        """
+        next_state = TRANSITIONS[self.role][self.state].get("audio_chunk")
+        payload = envelope.get("payload")
+        if (
+            envelope.get("type") != "audio_chunk"
+            or next_state is None
+            or type(payload) is not dict
+        ):
+            return None
+        sent_wall_s = envelope.get("timestamp", _ABSENT)
+        if sent_wall_s is _ABSENT:
+            sent_wall_s = None
+        elif not (
+            (type(sent_wall_s) is float or type(sent_wall_s) is int)
+            and 0 <= sent_wall_s <= MAX_WALL_S
+        ):
+            return None
+        codec = payload.get("format", FORMATS[0])
+        rate = payload.get("rate", RATE_RANGE[0])
+        channels = payload.get("channels", CHANNEL_RANGE[0])
+        capture_wall_s = payload.get("timestamp")
+        seq = payload.get("seq", self._next_seq)
+        if not (
+            codec in FORMATS
+            and type(rate) is int
+            and RATE_RANGE[0] <= rate <= RATE_RANGE[1]
+            and type(channels) is int
+            and CHANNEL_RANGE[0] <= channels <= CHANNEL_RANGE[1]
+            and (type(capture_wall_s) is float or type(capture_wall_s) is int)
+            and 0 <= capture_wall_s <= MAX_WALL_S
+            and type(seq) is int
+            and 0 <= seq <= MAX_SEQ
+        ):
+            return None
+        audio = _jsontext.quick_audio(payload.get("audio"))
+        if not audio:
+            return None
+        duration_ms = self._quick_duration_ms(audio, codec, rate, channels)
+        if duration_ms is None:
+            return None
+        capture_wall_s = float(capture_wall_s)
+        # Positional: keywords cost 5 000 instructions of AudioFrame's 24 000.
+        frame = AudioFrame(
+            self.stream_id,
+            seq,
+            capture_wall_s * 1000.0,
+            codec,
+            rate,
+            channels,
+            audio,
+            duration_ms,
+            message.arrival_s,
+            capture_wall_s,
+            None if sent_wall_s is None else float(sent_wall_s),
+            message.received_wall_s,
+        )
+        if seq >= self._next_seq:
+            self._next_seq = seq + 1
+        self.state = next_state
+        return frame
+
+    def _quick_duration_ms(
+        self, audio: bytes, codec: str, rate: int, channels: int
+    ) -> float | None:
+        """``_duration_ms``, or None where it refuses; the play time of a codec timed by
+        length is kept for the stream's usual chunk size (a codec look-up and a division
+        chain per chunk otherwise: a fifth of a parse)."""
+        timing = (codec, rate, channels, len(audio))
+        if timing == self._timing:
+            return self._timing_ms
+        try:
+            duration_ms = _duration_ms(audio, codec, rate, channels)
+        except Refused:
+            return None
+        if codec not in _PACKET_TIMED:
+            self._timing, self._timing_ms = timing, duration_ms
+        return duration_ms
 
     def _receive(self, message: Message) -> list[Event]:
         envelope = _jsontext.load_object(message, self.max_message_chars, _WORDING)
@@ -313,7 +410,8 @@ class AppFoundryDialect:
             sent_wall_s=sent_wall_s,
             received_wall_s=message.received_wall_s,
         )
-        self._next_seq = max(self._next_seq, seq + 1)
+        if seq >= self._next_seq:
+            self._next_seq = seq + 1
         return frame
 
     def _stream_error(self, payload: dict[str, Any], message: Message) -> StreamError:
