@@ -59,6 +59,7 @@ _DEFAULT_FIXED_MS = 80.0
 _MAX_CUT_MS = 20.0
 """How far below the window's quantile ``GoalPolicy``'s late-rate correction may go."""
 _LEAST_CUT_MS = -_MAX_CUT_MS
+"""The correction's floor, negated once rather than on every frame."""
 
 
 @runtime_checkable

@@ -230,8 +230,8 @@ class LatencyWindow:
         cannot be non-finite (the wall clocks, which can, are checked as ``x - x == 0``,
         ``math.isfinite`` without a call). Any other frame goes to ``_observe_checked``,
         and so do all after it, since a huge time left in the state could make a later
-        difference overflow. Both cost: about 2 us here before, 0.4 us now (a third of
-        it the measure).
+        difference overflow. Cost per frame: 10.8k instructions (callgrind; 1.8k of them
+        the measure), where the single checked path before took 47k.
         """
         arrival_s, media_ms = frame.arrival_s, frame.media_ms
         if not (self._tame and -_TAME < arrival_s < _TAME and -_TAME < media_ms < _TAME):
