@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import pinned_testkit
 from jitterline.adjuster import (
     DEFAULT_POLICY,
     AdaptivePolicy,
@@ -353,3 +357,123 @@ def test_observe_played_reaches_a_policy_that_listens_for_underruns() -> None:
     assert listening.observe_played(slot(True)) == 50.0  # 60, clamped
     assert listening.target_ms == 50.0
     assert BufferAdjuster(FixedPolicy(40.0)).observe_played(slot(True)) is None
+
+
+# -- the rewrite against the policies as they were (tests/pinned_testkit.py), bit for bit --
+
+delays = st.one_of(
+    st.floats(0.0, 500.0),
+    st.sampled_from([0.0, -0.0, 20.0, 40.0, 300.0, 2500.0]),
+    st.sampled_from([math.nan, math.inf, -math.inf, -5.0]),
+)
+gaps = st.none() | st.sampled_from([0.0, 20.0, 299.9, 300.0, 2000.0, math.nan])
+
+
+@st.composite
+def arrival_measures(draw: st.DrawFn) -> list[ArrivalMeasure]:
+    count = draw(st.integers(0, 150))
+    return [
+        ArrivalMeasure(
+            arrival_s=i * 0.02,
+            seq=i,
+            frame_ms=draw(st.sampled_from([20.0, 20.0, 20.0, 200.0, math.nan])),
+            interarrival_ms=draw(gaps),
+            transit_delta_ms=None,
+            jitter_ms=0.0,
+            relative_delay_ms=draw(delays),
+            outcome=draw(st.sampled_from(["buffered", "buffered", "late", "duplicate"])),
+        )
+        for i in range(count)
+    ]
+
+
+goal_options = st.fixed_dictionaries(
+    {},
+    optional={
+        "late_goal": st.sampled_from([0.009, 0.05, 0.5, 0.999]),
+        "window_frames": st.integers(1, 40),
+        "correction_step_ms": st.sampled_from([0.0, 0.5, 3.0]),
+        "calm_frames": st.integers(1, 12),
+        "calm_margin_ms": st.sampled_from([0.0, 10.0]),
+        "late_half_life_frames": st.sampled_from([0.5, 50.0]),
+        "warmup_frames": st.integers(0, 15),
+        "record_gap": st.integers(0, 12),
+        "start_ms": st.sampled_from([0.0, 40.0]),
+        "outage_gap_ms": st.sampled_from([20.0, 300.0]),
+        "margin_ms": st.sampled_from([0.0, 1.0]),
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(arrival_measures(), goal_options)
+def test_goal_answers_as_it_did(measures: list[ArrivalMeasure], options: dict[str, Any]) -> None:
+    policy, pinned = GoalPolicy(**options), pinned_testkit.GoalPolicy(**options)
+    for item in measures:
+        assert repr(policy.update(item)) == repr(pinned.update(item))
+        assert repr(policy.target_ms) == repr(pinned.target_ms)
+
+
+class Scripted:
+    """A plugin policy that answers from a script: numbers, non-finite ones, ints, or
+    an exception."""
+
+    name = "scripted"
+
+    def __init__(self, answers: list[float | int | None]) -> None:
+        self._answers = iter(answers)
+
+    def update(self, measure: ArrivalMeasure) -> float:
+        answer = next(self._answers)
+        if answer is None:
+            raise RuntimeError("scripted failure")
+        return answer
+
+    def played(self, frame: AudioFrame) -> float | None:
+        return next(self._answers, None)
+
+
+answers = st.lists(
+    st.none()
+    | st.sampled_from([0.0, -0.0, 19.0, 20.0, 1000.0, 1e6, math.nan, math.inf, -math.inf])
+    | st.floats(-10.0, 2000.0)
+    | st.integers(-5, 2000),
+    max_size=40,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(answers, st.sampled_from([(0.0, 1000.0), (20.0, 20.0), (-0.0, 0.0), (20.0, 500.0)]))
+def test_adjuster_bounds_and_extremes_are_as_they_were(
+    script: list[float | int | None], bounds: tuple[float, float]
+) -> None:
+    low_ms, high_ms = bounds
+    adjuster = BufferAdjuster(Scripted(script), min_ms=low_ms, max_ms=high_ms, start_ms=80.0)
+    pinned = pinned_testkit.BufferAdjuster(
+        Scripted(script), min_ms=low_ms, max_ms=high_ms, start_ms=80.0
+    )
+    slot = AudioFrame("s", 0, 0.0, "PCMU", 8000, 1, b"", 20.0, 0.0)
+    assert repr(adjuster.stats()) == repr(pinned.stats())
+    for i in range(len(script)):
+        if i % 4 == 3:
+            assert repr(adjuster.observe_played(slot)) == repr(pinned.observe_played(slot))
+        else:
+            assert repr(adjuster.observe(measure(i * 0.02))) == repr(
+                pinned.observe(measure(i * 0.02))
+            )
+        assert repr((adjuster.stats(), adjuster.failures)) == repr(
+            (pinned.stats(), pinned.failures)
+        )
+
+
+@settings(max_examples=100, deadline=None)
+@given(arrival_measures(), st.sampled_from([0.0, 2.0]), st.sampled_from([0.1, 0.5]))
+def test_adaptive_answers_as_it_did(
+    measures: list[ArrivalMeasure], start_forget_weight: float, interval_s: float
+) -> None:
+    policy = AdaptivePolicy(start_forget_weight=start_forget_weight, interval_s=interval_s)
+    pinned = pinned_testkit.AdaptivePolicy(
+        start_forget_weight=start_forget_weight, interval_s=interval_s
+    )
+    for item in measures:
+        assert repr(policy.update(item)) == repr(pinned.update(item))

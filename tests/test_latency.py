@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+from dataclasses import FrozenInstanceError, fields
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import pinned_testkit
 from jitterline.errors import ConfigError
-from jitterline.frames import ArrivalMeasure, AudioFrame, LatencyStats
-from jitterline.latency import REFERENCE_RISE_PPM, LatencyWindow
+from jitterline.frames import ArrivalMeasure, ArrivalOutcome, AudioFrame, LatencyStats
+from jitterline.latency import REFERENCE_RISE_PPM, DelayReference, LatencyWindow
 
 RISE_MS = 0.05  # the delay reference may creep up 0.5 ms/s (clock drift)
 
@@ -289,3 +291,115 @@ def test_arbitrary_times_never_raise_and_quantiles_are_monotone(
     if stats.processing_p50_ms is not None:
         assert stats.processing_p95_ms is not None
         assert stats.processing_p50_ms <= stats.processing_p95_ms
+
+
+# -- the rewrite against the window as it was (tests/pinned_testkit.py), bit for bit ------
+
+outcomes: st.SearchStrategy[ArrivalOutcome] = st.sampled_from(
+    ["buffered", "late", "duplicate", "overflow"]
+)
+wild_time = st.sampled_from(
+    [math.nan, math.inf, -math.inf, 1.5e308, -1.5e308, 2e18, -2e18, -0.0, 0.0, 5e-324]
+)
+Step = tuple[AudioFrame, ArrivalOutcome, bool, float | None]
+
+
+def offset(base_s: float | None, by_s: float | None) -> float | None:
+    return None if base_s is None or by_s is None else base_s + by_s
+
+
+@st.composite
+def streams(draw: st.DrawFn) -> list[Step]:
+    """Steps (frame, outcome, rebase, snapshot time or None) of a stream as a dialect
+    delivers it (the fast path), and, in half the streams, now and then a NaN, an
+    infinity, a time past the fast path's bound or a -0.0 (the checked path, and the
+    switch to it)."""
+    arrival_s = draw(st.sampled_from([0.0, 5.0, 1.7e9]))
+    media_ms = draw(st.sampled_from([0.0, 1.7e12, -3e5]))
+    wild = draw(st.booleans())
+    steps = []
+    for seq in range(draw(st.integers(0, 120))):
+        arrival_s += draw(st.integers(-40, 400)) / 1000  # may go back
+        media_ms += 20.0
+        times = [arrival_s, media_ms + draw(st.integers(-5, 5)) * 10.0]
+        capture_s = 1.7e9 + arrival_s if draw(st.booleans()) else None
+        walls = [
+            capture_s,
+            offset(capture_s, draw(st.sampled_from([None, 0.0, 0.004, -0.002]))),
+            offset(capture_s, draw(st.sampled_from([None, 0.05, 0.3]))),
+        ]
+        if wild and draw(st.integers(0, 4)) == 0:
+            which = draw(st.integers(0, 4))
+            if which < 2:
+                times[which] = draw(wild_time)
+            else:
+                walls[which - 2] = draw(wild_time)
+        item = frame(
+            seq,
+            times[0],
+            times[1],
+            capture_wall_s=walls[0],
+            sent_wall_s=walls[1],
+            received_wall_s=walls[2],
+        )
+        snapshot_s = offset(arrival_s, draw(st.none() | st.floats(-1.0, 12.0)))
+        steps.append((item, draw(outcomes), draw(st.integers(0, 15)) == 0, snapshot_s))
+    return steps
+
+
+def replay_both(steps: list[Step], max_frames: int = 500, max_age_s: float = 10.0) -> None:
+    window = LatencyWindow(max_frames=max_frames, max_age_s=max_age_s)
+    pinned = pinned_testkit.LatencyWindow(max_frames=max_frames, max_age_s=max_age_s)
+    for item, outcome, rebase, snapshot_s in steps:
+        got = window.observe(item, outcome, rebase=rebase)
+        assert type(got) is ArrivalMeasure
+        assert repr(got) == repr(pinned.observe(item, outcome, rebase=rebase))
+        assert repr((window.jitter_ms, window.reference_ms, len(window))) == repr(
+            (pinned.jitter_ms, pinned.reference_ms, len(pinned))
+        )
+        assert window._warned == pinned._warned  # the same warnings, at the same frames
+        if snapshot_s is not None:
+            assert repr(window.snapshot(snapshot_s)) == repr(pinned.snapshot(snapshot_s))
+
+
+@settings(max_examples=300, deadline=None)
+@given(streams(), st.integers(1, 40), st.sampled_from([0.5, 2.0, 10.0]))
+def test_measures_and_snapshots_match_the_window_as_it_was(
+    steps: list[Step], max_frames: int, max_age_s: float
+) -> None:
+    replay_both(steps, max_frames, max_age_s)
+
+
+@pytest.mark.parametrize("huge", [1.5e308, 2e18])
+def test_huge_times_of_either_sign_overflow_as_they_did(huge: float) -> None:
+    """Two media-clock jumps of opposite signs near the float limit: their rebase jumps
+    sum past it, so the checked path must have taken over at the first."""
+    times = [(0.0, 0.0), (0.02, huge), (0.04, 40.0), (0.06, -huge), (0.08, 80.0)]
+    replay_both([(frame(seq, *t), "buffered", False, 0.1) for seq, t in enumerate(times)])
+
+
+def test_a_measure_is_a_whole_arrival_measure() -> None:
+    """The fast path fills the measure slot by slot: all of them, equal to the dataclass's
+    own construction (a field added to ArrivalMeasure and not to the window fails here)."""
+    window = LatencyWindow()
+    window.observe(frame(0, 0.0))
+    measure = window.observe(frame(1, 0.021, capture_wall_s=1.0, sent_wall_s=1.002))
+    rebuilt = ArrivalMeasure(**{f.name: getattr(measure, f.name) for f in fields(measure)})
+    assert measure == rebuilt
+    assert hash(measure) == hash(rebuilt)
+    with pytest.raises(FrozenInstanceError):
+        measure.seq = 2  # type: ignore[misc]
+
+
+ms_values = st.sampled_from([-0.0, 0.0, 5e-324, 0.5, 20.0, -20.0, 999.0, 1001.0, -2500.0, 1e17])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(ms_values, ms_values, st.booleans()), max_size=30))
+def test_delay_reference_matches_the_one_it_was(steps: list[tuple[float, float, bool]]) -> None:
+    """Signed zeros and ties included: comparisons stand where max() and min() were."""
+    reference, pinned = DelayReference(), pinned_testkit.DelayReference()
+    for arrival_ms, media_ms, rebase in steps:
+        got = reference.observe(arrival_ms, media_ms, rebase=rebase)
+        assert repr(got) == repr(pinned.observe(arrival_ms, media_ms, rebase=rebase))
+        assert repr((reference.ms, reference.jumped_ms)) == repr((pinned.ms, pinned.jumped_ms))
