@@ -56,8 +56,8 @@ from jitterline.runtime import Runtime, tune_gc
 from jitterline.transport import IOLoop
 
 LAG_LIMIT_MS = 20.0
-STEPS = (10, 25, 50, 75, 100, 150, 200, 300, 400)
-QUICK_STEPS = (10, 50, 100, 150, 200)
+STEPS = (10, 25, 50, 75, 100, 125, 150, 175, 200, 250, 300, 400)
+QUICK_STEPS = (10, 50, 100, 125, 150, 175, 200, 250)
 _TIMESTAMP = '"timestamp":'
 
 

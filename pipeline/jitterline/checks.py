@@ -34,16 +34,20 @@ def number(
     Both bounds are inclusive unless ``above`` (strictly above ``low``) or ``below``
     (strictly below ``high``) says otherwise.
     """
-    span = _span(low, high, low_open=above, high_open=below, unit=unit)
-    if isinstance(value, bool) or not isinstance(value, Real):
+    if type(value) is float:  # the usual case, spared the numeric ABC's isinstance
+        as_float = value
+    elif isinstance(value, bool) or not isinstance(value, Real):
+        span = _span(low, high, low_open=above, high_open=below, unit=unit)
         raise _error(name, value, "is not a number", f"a finite number in {span}", hint)
-    try:
-        as_float = float(value)
-    except OverflowError:  # an int too large for a float is outside any finite range
-        as_float = math.inf
+    else:
+        try:
+            as_float = float(value)
+        except OverflowError:  # an int too large for a float is outside any finite range
+            as_float = math.inf
     inside_low = as_float > low if above else as_float >= low
     inside_high = as_float < high if below else as_float <= high
     if not (math.isfinite(as_float) and inside_low and inside_high):
+        span = _span(low, high, low_open=above, high_open=below, unit=unit)
         raise _error(name, value, f"is outside {span}", "a finite number in that range", hint)
     return as_float
 

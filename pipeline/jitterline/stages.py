@@ -100,6 +100,7 @@ from .registry import Registry
 from .schedulers import VirtualScheduler
 
 __all__ = [
+    "TARGET_STEP_MS",
     "Clock",
     "Downstream",
     "Item",
@@ -136,6 +137,12 @@ Operator = Callable[[Observable[_In]], Observable[_Out]]
 
 _MAX_LOGGED_KINDS = 64
 _MIN_TIMER_S = 1e-6  # a datetime-based scheduler's resolution
+
+TARGET_STEP_MS = 0.1
+"""The least change of target the adjuster sends back to the buffer. The goal policy's
+integral control moves its target by about 0.02 ms nearly every frame; sending each move
+cost ~2 us a frame, and a buffer 0.1 ms off its adjuster's aim plays no differently
+(its slots follow the target by glide steps, and 0.1 ms is well inside a frame's jitter)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -886,8 +893,9 @@ def adjust(
     config: PipelineConfig, policies: Registry[Callable[..., BufferPolicy]]
 ) -> Operator[Any, Any]:
     """The buffer-size adjuster: turns each ``ArrivalMeasure`` into the next target delay,
-    emitted as a ``TargetDelay`` when it changes (``feedback_loop`` hands it back to the
-    buffer); played frames tell it about underruns."""
+    emitted as a ``TargetDelay`` when it moved ``TARGET_STEP_MS`` or more from the last one
+    sent (``feedback_loop`` hands it back to the buffer); played frames tell it about
+    underruns."""
 
     def make(observer: Downstream, scheduler: abc.SchedulerBase) -> _Stage:
         stage = _Stage(observer, scheduler)
@@ -902,7 +910,7 @@ def adjust(
         emit = stage.emit
 
         def decide(target_ms: float | None, at_s: float) -> None:
-            if target_ms is not None and target_ms != last[0]:
+            if target_ms is not None and abs(target_ms - last[0]) >= TARGET_STEP_MS:
                 last[0] = target_ms
                 emit(TargetDelay(target_ms, at_s))
 
