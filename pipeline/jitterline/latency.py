@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import logging
 import math
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Iterable
 from typing import Any, TypeAlias
@@ -131,14 +132,21 @@ class DelayReference:
 
 _Entry: TypeAlias = tuple[
     float,  # at_s: the window's clock
-    float | None,  # transit_delta_ms
-    float | None,  # interarrival_ms
-    float | None,  # transit_ms, net of the reference's earlier rebase jumps
-    float | None,  # latency_ms
-    float | None,  # processing_ms
+    float,  # transit_delta_ms
+    float,  # interarrival_ms
+    float,  # transit_ms, net of the reference's earlier rebase jumps
+    float,  # latency_ms
+    float,  # processing_ms
 ]
 """One frame's measures as the window keeps them: a plain tuple, as a NamedTuple's
-constructor alone cost about a third of a microsecond per frame."""
+constructor alone cost about a third of a microsecond per frame; ``_UNMEASURED`` where a
+measure could not be taken."""
+
+_UNMEASURED = math.inf
+"""Stands in the window for a measure that could not be taken (None in the frame's
+``ArrivalMeasure``). Every measured value is finite, so it sorts after all of them: a
+snapshot sorts a column as it is and cuts it there, where filtering out None first took
+a third of the snapshot's time."""
 
 _TAME = 1e18
 """Arrival seconds and media milliseconds of magnitude below this keep every measure
@@ -166,20 +174,23 @@ def _wall_gap_ms(later_s: float | None, earlier_s: float | None) -> float | None
     return _finite((later_s - earlier_s) * 1000.0)
 
 
-def _nearest_rank(ordered: list[float], percent: float) -> float | None:
-    if not ordered:
+def _kept(value: float | None) -> float:
+    return _UNMEASURED if value is None else value
+
+
+def _nearest_rank(ordered: list[float], measured: int, percent: float) -> float | None:
+    if not measured:
         return None
-    rank = math.ceil(percent / 100.0 * len(ordered))
+    rank = math.ceil(percent / 100.0 * measured)
     return ordered[max(rank, 1) - 1]
 
 
-def _quantiles(
-    values: Iterable[float | None], percents: tuple[float, ...]
-) -> tuple[float | None, ...]:
-    """Nearest-rank quantiles of the measured values (the window keeps only finite ones,
-    None where a measure could not be taken)."""
-    ordered = sorted([v for v in values if v is not None])
-    return tuple(_nearest_rank(ordered, p) for p in percents)
+def _quantiles(values: Iterable[float], percents: tuple[float, ...]) -> tuple[float | None, ...]:
+    """Nearest-rank quantiles of the measured values: the window keeps only finite ones,
+    and ``_UNMEASURED`` (sorted last) where a measure could not be taken."""
+    ordered = sorted(values)
+    measured = bisect_left(ordered, _UNMEASURED)
+    return tuple(_nearest_rank(ordered, measured, p) for p in percents)
 
 
 class LatencyWindow:
@@ -272,7 +283,14 @@ class LatencyWindow:
                 if processing_ms - processing_ms != 0.0:
                     processing_ms = None
         entries.append(
-            (clock_s, transit_delta_ms, interarrival_ms, transit_ms, latency_ms, processing_ms)
+            (
+                clock_s,
+                _UNMEASURED if transit_delta_ms is None else transit_delta_ms,
+                _UNMEASURED if interarrival_ms is None else interarrival_ms,
+                transit_ms,
+                _UNMEASURED if latency_ms is None else latency_ms,
+                _UNMEASURED if processing_ms is None else processing_ms,
+            )
         )
         draft: Any = _MeasureDraft()
         draft.arrival_s = arrival_s
@@ -317,7 +335,16 @@ class LatencyWindow:
         at_s = self._advance_clock(None if arrival_ms is None else frame.arrival_s)
         latency_ms = _wall_gap_ms(frame.received_wall_s, frame.capture_wall_s)
         processing_ms = _wall_gap_ms(frame.sent_wall_s, frame.capture_wall_s)
-        self._add((at_s, transit_delta_ms, interarrival_ms, transit_ms, latency_ms, processing_ms))
+        self._add(
+            (
+                at_s,
+                _kept(transit_delta_ms),
+                _kept(interarrival_ms),
+                _kept(transit_ms),
+                _kept(latency_ms),
+                _kept(processing_ms),
+            )
+        )
         return ArrivalMeasure(
             arrival_s=frame.arrival_s,
             seq=frame.seq,
