@@ -502,7 +502,11 @@ class _Decode(_Stage):
 # -- per channel ----------------------------------------------------------------------------
 
 
-def per_channel(chain: Callable[[str], Operator[Any, Any]]) -> Operator[Any, Any]:
+def per_channel(
+    chain: Callable[[str], Operator[Any, Any]],
+    *,
+    on_channel: Callable[[str], object] | None = None,
+) -> Operator[Any, Any]:
     """Run ``chain(channel)`` once per channel of the connection and merge the outputs.
 
     Frames go to their channel's chain, created on the channel's first frame or when
@@ -510,10 +514,12 @@ def per_channel(chain: Callable[[str], Operator[Any, Any]]) -> Operator[Any, Any
     channel first gets the last ``StreamOpened``). A ``Malformed`` message belongs to no
     channel: it is counted once, in the first channel (held until one exists). A stream
     that never had a channel still ends with one, so its final snapshot says "no audio".
+    ``on_channel`` is told each channel's name as its chain is created (in the order
+    ``StreamOpened`` lists them, else as their first frames come).
     """
 
     def make(observer: Downstream, scheduler: abc.SchedulerBase) -> _Stage:
-        return _Channels(observer, scheduler, chain)
+        return _Channels(observer, scheduler, chain, on_channel)
 
     return _operator(make)
 
@@ -524,9 +530,11 @@ class _Channels(_Stage):
         observer: Downstream,
         scheduler: abc.SchedulerBase,
         chain: Callable[[str], Operator[Any, Any]],
+        on_channel: Callable[[str], object] | None,
     ) -> None:
         super().__init__(observer, scheduler)
         self._chain = chain
+        self._on_channel = on_channel
         self._inputs: dict[str, Relay] = {}
         self._open = 0
         self._opened: StreamOpened | None = None
@@ -540,6 +548,8 @@ class _Channels(_Stage):
         subject = Relay()
         self._inputs[name] = subject
         self._open += 1
+        if self._on_channel is not None:
+            self._on_channel(name)
         output = _Listener(self.emit, self.on_error, self._channel_completed)
         self.disposables.add(attach(subject.pipe(self._chain(name)), output, self.scheduler))
         if self._opened is not None:
@@ -1079,7 +1089,8 @@ def default_chain(
 class Pipeline:
     """A built pipeline: ``output`` is the cold observable of played frames interleaved with
     ``Stats`` snapshots, the final one of each channel last; ``finals`` collects those
-    final snapshots as they come out (one per channel, in the order they completed).
+    final snapshots as they come out (one per channel, in the order the channels were
+    opened: as ``StreamOpened`` lists them, else as their first frames came).
 
     ``output`` may be subscribed more than once: each subscription is an independent run
     of the chain over its own subscription to the source.
@@ -1129,14 +1140,20 @@ def build_pipeline(
     ops: list[Operator[Any, Any]] = []
     if not parsed:
         ops.append(parse(host.dialects.get(config.dialect), role=role))
-    ops += [decode(host.codecs, stream_id=stream_id), per_channel(chain)]
-    ops.append(_with_finals(finals))
+    channels: list[str] = []
+    ops += [
+        decode(host.codecs, stream_id=stream_id),
+        per_channel(chain, on_channel=channels.append),
+        _with_finals(finals, channels),
+    ]
     output: Observable[Any] = source.pipe(*ops)
     return Pipeline(host=host, output=output, clock=clock, config=config, finals=finals)
 
 
-def _with_finals(finals: list[tuple[Stats, Diagnosis]]) -> Operator[Any, Any]:
-    """Record each channel's last snapshot (the final one) as the output completes."""
+def _with_finals(finals: list[tuple[Stats, Diagnosis]], channels: list[str]) -> Operator[Any, Any]:
+    """Record each channel's last snapshot (the final one) as the output completes, in
+    the order of ``channels`` (as ``per_channel`` created them), not in the order the
+    snapshots came: the runtime does not keep channels' snapshot ticks in phase."""
 
     def make(observer: Downstream, scheduler: abc.SchedulerBase) -> _Stage:
         stage = _Stage(observer, scheduler)
@@ -1149,7 +1166,9 @@ def _with_finals(finals: list[tuple[Stats, Diagnosis]]) -> Operator[Any, Any]:
             emit(item)
 
         def on_completed() -> None:
-            finals.extend((stats, diagnose(stats)) for stats in last.values())
+            rank = {name: index for index, name in enumerate(channels)}
+            ordered = sorted(last.values(), key=lambda stats: rank.get(stats.channel, len(rank)))
+            finals.extend((stats, diagnose(stats)) for stats in ordered)
             observer.on_completed()
 
         stage.on_next = on_next  # type: ignore[method-assign]
