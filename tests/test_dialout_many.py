@@ -10,16 +10,19 @@ stream from the frame it joined at to the last one, without a gap, then the 1000
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
+from websocket import ABNF
 
 from jitterline.emulator import Emulator
 from jitterline.frames import ConnectionEvent, Message
 from jitterline.transport import IOLoop, Session
-from transport_testkit import ClientDialect, open_fds, settled_fds
+from transport_testkit import ClientDialect, RawPeer, open_fds, server_frame, settled_fds
 
 DURATION_S = 1.0
 FRAME_MS = 20.0
@@ -130,3 +133,60 @@ def test_threads_and_descriptors_do_not_grow_with_the_number_of_sessions(
     assert small.fds_added - 2 * 20 == large.fds_added - 2 * 200
     assert_whole_stream_from_join(small)
     assert_whole_stream_from_join(large)
+
+
+def test_a_slow_stream_does_not_hold_back_the_arrival_stamps_of_the_others(
+    ioloop: IOLoop,
+) -> None:
+    """Three messages on three connections wait while the loop is busy; each stream's
+    processing then takes 50 ms. Their arrival stamps are taken as the sockets are read,
+    all before any processing, so they lie within a few ms of each other (processed
+    inline, each would come 50 ms after the one before)."""
+    count, processing_s = 3, 0.05
+    send = threading.Event()
+    stamps: list[float] = []
+    connected = threading.Semaphore(0)
+
+    def script(connection: socket.socket, number: int) -> None:
+        if send.wait(WAIT_S):
+            connection.sendall(server_frame(ABNF.OPCODE_TEXT, f"frame {number}".encode()))
+        peer.stop.wait(WAIT_S)
+
+    def on_message(message: Message) -> None:
+        stamps.append(message.arrival_s)
+        time.sleep(processing_s)  # a stream's pipeline, very slow
+
+    def on_event(event: ConnectionEvent) -> None:
+        if event.kind == "connected":
+            connected.release()
+
+    with RawPeer(script) as peer:
+        sessions = [
+            Session(
+                peer.url,
+                dialect=ClientDialect(greet=False),
+                on_message=on_message,
+                on_event=on_event,
+                ioloop=ioloop,
+                ping_interval_s=0,
+            )
+            for _ in range(count)
+        ]
+        try:
+            for session in sessions:
+                session.start()
+            for _ in range(count):
+                assert connected.acquire(timeout=WAIT_S)
+            held = threading.Event()
+            ioloop.call_soon(held.wait, 2.0)  # the loop is busy elsewhere ...
+            send.set()  # ... while every peer sends
+            time.sleep(0.3)
+            held.set()
+            deadline = time.monotonic() + WAIT_S
+            while len(stamps) < count and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            for session in sessions:
+                session.close()
+    assert len(stamps) == count
+    assert max(stamps) - min(stamps) < processing_s / 2

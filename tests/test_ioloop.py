@@ -6,10 +6,12 @@ decrypted bytes where epoll cannot see them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import select
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from websocket import ABNF
 from jitterline.errors import ConfigError
 from jitterline.transport import IOLoop
 from jitterline.transport.framing import FrameReader
+from jitterline.transport.ioloop import _YIELD_EVERY as IOLOOP_YIELD_EVERY
 from jitterline.transport.ioloop import EXECUTOR_WORKERS
 from transport_testkit import server_frame, tls_client_context, tls_server_context
 
@@ -218,3 +221,98 @@ def test_call_soon_runs_in_order_from_the_loop_and_from_other_threads() -> None:
         loop.call_soon(on_loop)  # from this thread: the thread-safe path
         assert done.wait(5.0)
         assert order == ["first", "second"]
+
+
+# -- reading before processing: defer ---------------------------------------------------
+
+
+@contextlib.contextmanager
+def readable_pairs(
+    loop: IOLoop, count: int
+) -> Iterator[list[tuple[socket.socket, socket.socket]]]:
+    pairs = [socket.socketpair() for _ in range(count)]
+    try:
+        yield pairs
+    finally:
+        for reader, writer in pairs:
+            with contextlib.suppress(RuntimeError, ValueError):
+                loop.loop.remove_reader(reader.fileno())
+            reader.close()
+            writer.close()
+
+
+def test_deferred_work_runs_after_every_socket_readable_at_the_time_is_read() -> None:
+    with IOLoop(name="test-io-defer") as loop, readable_pairs(loop, 3) as pairs:
+        log: list[str] = []
+        done = threading.Event()
+
+        def process(name: str) -> None:
+            log.append(f"process {name}")
+            time.sleep(0.01)  # a stream's pipeline, slow
+            if len(log) == 2 * len(pairs):
+                done.set()
+
+        def on_readable(name: str, reader: socket.socket) -> None:
+            reader.recv(64)
+            log.append(f"read {name}")
+            loop.defer(process, name)
+
+        def arm_and_send() -> None:  # on the loop: all three are readable at its next look
+            for number, (reader, writer) in enumerate(pairs):
+                loop.loop.add_reader(reader.fileno(), on_readable, str(number), reader)
+                writer.send(b"frame")
+
+        loop.call_soon(arm_and_send)
+        assert done.wait(5.0)
+    assert log == ["read 0", "read 1", "read 2", "process 0", "process 1", "process 2"]
+
+
+def test_deferred_work_gives_way_to_a_socket_that_becomes_readable() -> None:
+    with IOLoop(name="test-io-yield") as loop, readable_pairs(loop, 1) as pairs:
+        (reader, writer), log, done = pairs[0], [], threading.Event()
+
+        def step(number: int) -> None:
+            log.append(f"step {number}")
+            if number == 2:
+                writer.send(b"frame")  # arrives while 28 steps still wait
+            if number == 29:
+                done.set()
+
+        def on_readable() -> None:
+            reader.recv(64)
+            log.append("read")
+
+        def start() -> None:
+            loop.loop.add_reader(reader.fileno(), on_readable)
+            for number in range(30):
+                loop.defer(step, number)
+
+        loop.call_soon(start)
+        assert done.wait(5.0)
+    # Read within one round of deferred steps after it arrived, not after all 30.
+    assert log.index("read") <= log.index("step 2") + 1 + IOLOOP_YIELD_EVERY
+    assert [entry for entry in log if entry != "read"] == [f"step {n}" for n in range(30)]
+
+
+def test_run_deferred_runs_the_rest_now_in_order_and_a_failing_callback_costs_itself(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with IOLoop(name="test-io-flush") as loop:
+        log: list[str] = []
+        done = threading.Event()
+
+        def fail() -> None:
+            raise ValueError("a bug in one stream")
+
+        def on_loop() -> None:
+            loop.defer(log.append, "a")
+            loop.defer(fail)
+            loop.defer(log.append, "b")
+            loop.run_deferred()  # as a connection's end does before its events
+            log.append("after the flush")
+            done.set()
+
+        loop.call_soon(on_loop)
+        assert done.wait(5.0)
+    assert log == ["a", "b", "after the flush"]
+    assert "a deferred callback failed" in caplog.text

@@ -26,7 +26,10 @@ MB), which is why its ``WebSocket`` is created with ``skip_utf8_validation=True`
 Writes never block the loop either: frames are built with ``ABNF.create_frame(...).format()``
 and written until the socket would block; the rest waits in a buffer drained by
 ``add_writer``. Callbacks (``on_message``, ``on_event``) run on the loop thread and must
-return quickly: they delay every session on the loop.
+return quickly: they delay every session on the loop. ``on_message`` runs after every
+socket readable at the time has been read (``IOLoop.defer``), so that the arrival stamps
+are not held back by other streams' processing; a connection's events come after the
+messages read before them.
 """
 
 from __future__ import annotations
@@ -316,6 +319,8 @@ class DialOut:
             events = self._core.events()
             ended = self._core.ended
             deadline_s = self._core.next_deadline_s()
+        if events and self.in_loop_thread():
+            self._io.run_deferred()  # the messages read before these events go first
         for event in events:
             self._emit(event)
         if ended:
@@ -582,8 +587,13 @@ class DialOut:
         return PeerClosed(code, reason)
 
     def _deliver(self, data: str | bytes) -> None:
+        """Stamp the message now, as it is read; hand it over once the other readable
+        sockets have been read too (``IOLoop.defer``)."""
         message = Message(data, arrival_s=self._clock(), received_wall_s=self._wall_clock())
         self._core.counters.messages_in += 1  # written by the loop thread alone
+        self._io.defer(self._dispatch, message)
+
+    def _dispatch(self, message: Message) -> None:
         try:
             self._on_message(message)
         except Exception:
