@@ -22,8 +22,12 @@ received was accounted for. The figure is the largest N held; ``sessions_ratio``
 jitterline's over the bare loop's. The endpoint itself is part of both runs: if it falls
 behind, both receivers see it, which is why the ratio, not the absolute N, is the claim.
 
-Each step also prints the receiver's CPU time per message over the window (this process,
-all threads; the endpoint is another process). On a busy shared machine the largest N
+jitterline's steps also print the jitter the median stream measured (``jitter_p99_ms``:
+the p99 of its frames' transit deltas, RFC 3550's D): the sender sends every 20 ms and
+loopback adds next to nothing, so this is mostly the receiver's own error in stamping
+arrivals (``sessions_jitter_p99_ms``, at the largest N both held). Each step also prints
+the receiver's CPU time per message over the window (this process, all threads; the
+endpoint is another process). On a busy shared machine the largest N
 held moves a lot between runs while the work per message does not, so
 ``sessions_cpu_ratio`` (jitterline's CPU per message over the bare loop's, at the largest
 N both held) says where the cost stands when the held N cannot.
@@ -104,11 +108,14 @@ class Step:
     p99_ms: float
     accounted: bool
     cpu_us_per_message: float
+    jitter_p99_ms: float | None = None  # jitterline: what the median stream measured
 
 
-def _step(lags_ms: list[float], accounted: bool, cpu_s: float) -> Step:
+def _step(
+    lags_ms: list[float], accounted: bool, cpu_s: float, jitter_p99_ms: float | None = None
+) -> Step:
     per_message = cpu_s / len(lags_ms) * 1e6 if lags_ms else float("inf")
-    return Step(_p99(lags_ms), accounted, per_message)
+    return Step(_p99(lags_ms), accounted, per_message, jitter_p99_ms)
 
 
 def _sent_wall_s(text: str) -> float | None:
@@ -162,12 +169,16 @@ def measure_jitterline(url: str, n: int, window_s: float) -> Step:
         probe.recording = False
         cpu_s = time.process_time() - cpu_s
         balanced = True
+        jitters_ms = []
         for connection, session in streams:
             session.close(1.0)
             messages = session.diagnostics().messages_in
             stats, _ = runtime.call(connection.finish).primary
             balanced &= stats.frames.balanced and stats.frames.received == messages - 1
-    return _step(probe.lags_ms, balanced, cpu_s)
+            if stats.latency.jitter_p99_ms is not None:
+                jitters_ms.append(stats.latency.jitter_p99_ms)
+    jitter_ms = float(np.median(jitters_ms)) if jitters_ms else None
+    return _step(probe.lags_ms, balanced, cpu_s, jitter_ms)
 
 
 def measure_bare(url: str, n: int, window_s: float) -> Step:
@@ -235,9 +246,10 @@ def largest_held(
         step = measured[n] = measure(url, n, window_s)
         ok = step.p99_ms <= LAG_LIMIT_MS and step.accounted
         verdict = "held" if ok else "NOT held"
+        jitter = "" if step.jitter_p99_ms is None else f"  jitter p99 {step.jitter_p99_ms:.1f} ms"
         print(
             f"  N={n:4d}  p99 lag {step.p99_ms:8.1f} ms  accounted={step.accounted}  "
-            f"CPU {step.cpu_us_per_message:6.1f} us/message  {verdict}"
+            f"CPU {step.cpu_us_per_message:6.1f} us/message{jitter}  {verdict}"
         )
         if not ok:
             break
@@ -271,7 +283,10 @@ def run(quick: bool = False) -> dict[str, float]:
         f"CPU per message at N={at}: jitterline {our_cpu:.1f} us, bare {bare_cpu:.1f} us; "
         f"sessions_cpu_ratio: {our_cpu / bare_cpu:.2f}"
     )
+    jitter_ms = our_steps[at].jitter_p99_ms
+    print(f"jitter p99 the median stream measured at N={at}: {jitter_ms} ms (loopback)")
     return {
+        "sessions_jitter_p99_ms": float("nan") if jitter_ms is None else jitter_ms,
         "max_sessions": float(ours),
         "bare_max_sessions": float(bare),
         "sessions_ratio": ratio,
