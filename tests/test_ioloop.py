@@ -21,6 +21,7 @@ from websocket import ABNF
 from jitterline.errors import ConfigError
 from jitterline.transport import IOLoop
 from jitterline.transport.framing import FrameReader
+from jitterline.transport.ioloop import _BACKLOG as IOLOOP_BACKLOG
 from jitterline.transport.ioloop import _YIELD_EVERY as IOLOOP_YIELD_EVERY
 from jitterline.transport.ioloop import EXECUTOR_WORKERS
 from transport_testkit import server_frame, tls_client_context, tls_server_context
@@ -316,3 +317,31 @@ def test_run_deferred_runs_the_rest_now_in_order_and_a_failing_callback_costs_it
         assert done.wait(5.0)
     assert log == ["a", "b", "after the flush"]
     assert "a deferred callback failed" in caplog.text
+
+
+def test_a_backlog_past_its_bound_is_worked_down_before_sockets_are_read_again() -> None:
+    """A loop that cannot keep up reads as fast as it processes, not faster."""
+    total = IOLOOP_BACKLOG + 40
+    with IOLoop(name="test-io-backlog") as loop, readable_pairs(loop, 1) as pairs:
+        (reader, writer), log, done = pairs[0], [], threading.Event()
+
+        def step(number: int) -> None:
+            log.append(f"step {number}")
+            if number == 2:
+                writer.send(b"frame")
+            if number == total - 1:
+                done.set()
+
+        def on_readable() -> None:
+            reader.recv(64)
+            log.append("read")
+
+        def start() -> None:
+            loop.loop.add_reader(reader.fileno(), on_readable)
+            for number in range(total):
+                loop.defer(step, number)
+
+        loop.call_soon(start)
+        assert done.wait(5.0)
+    waiting_when_read = total - log.index("read")
+    assert IOLOOP_BACKLOG - IOLOOP_YIELD_EVERY <= waiting_when_read < IOLOOP_BACKLOG

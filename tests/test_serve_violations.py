@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
-from serve_testkit import WAIT_S, Served, Wire, serving, whole_session
+from jitterline.frames import Message
+from jitterline.runtime import Connection
+from serve_testkit import WAIT_S, Genesys, Served, Wire, serving, whole_session
 
 GOOD_SESSIONS = 10
 GOOD_MESSAGES = 5
@@ -192,3 +195,30 @@ def test_slow_or_silent_peer_is_cut_at_the_handshake_timeout(
     after = served.totals()
     assert after.failed == before.failed  # no session was ever made for it
     assert after.completed == before.completed + GOOD_SESSIONS
+
+
+def test_a_session_whose_processing_fails_is_closed_with_1011_and_the_others_keep_accounting(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in a stage or plugin on one session's messages (here: its capture cannot be
+    written) closes that session with 1011; the ten beside it are served in full."""
+    doomed = str(uuid.uuid4())
+    receive = Connection.receive
+
+    def failing(self: Connection, message: Message) -> None:
+        if self.info.session_id == doomed:
+            raise OSError(28, "No space left on device")
+        receive(self, message)
+
+    monkeypatch.setattr(Connection, "receive", failing)
+
+    async def bad() -> int | None:
+        client = await Genesys.connect(served.url, session_id=doomed)
+        await client.open()
+        await client.audio(3)
+        await client.closed()
+        return client.ws.close_code
+
+    code, session_ids = asyncio.run(alongside_good_sessions(served.url, bad()))
+    assert code == 1011
+    assert_full_accounting(served, session_ids)

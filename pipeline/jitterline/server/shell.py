@@ -96,6 +96,7 @@ class ServedSession:
         self.latest: dict[str, Stats] = {}
         self.connection: Connection | None = None
         self.lag = SinkLag(clock)
+        self.failed = False  # a stage or plugin raised on its messages: being closed
 
     def item(self, item: AudioFrame | Stats) -> None:
         if isinstance(item, Stats):
@@ -322,14 +323,16 @@ class InboundServer:
                 guard = loop.call_later(self.options.open_timeout_s, self._unopened, ws, session)
             if self._ending:
                 connection.end("completed")
-            async for data in ws:
-                connection.receive(Message(data, clock(), time.time()))
+            defer = self.runtime.ioloop.defer
+            async for data in ws:  # stamped now, processed once the other readers read
+                defer(self._receive, session, ws, Message(data, clock(), time.time()))
         except ConnectionClosed:
             pass
         except Exception:  # a bug in a stage or plugin: this session only
             log.exception("session %s failed; closing it", connection.info.stream_id)
             await ws.close(1011, "internal error")
         finally:
+            self.runtime.ioloop.run_deferred()  # this session's last messages, then its end
             if guard is not None:
                 guard.cancel()
             await _stop(writer)
@@ -339,6 +342,20 @@ class InboundServer:
             del self.sessions[session.number]
             if not self.sessions:
                 self._idle.set()
+
+    def _receive(self, session: ServedSession, ws: ServerConnection, message: Message) -> None:
+        """One message through its session's pipeline (deferred: ``IOLoop.defer``). A bug
+        in a stage or plugin closes this session only, and its later messages are
+        dropped."""
+        connection = session.connection
+        if session.failed or connection is None:
+            return
+        try:
+            connection.receive(message)
+        except Exception:
+            session.failed = True
+            log.exception("session %s failed; closing it", connection.info.stream_id)
+            asyncio.get_running_loop().create_task(ws.close(1011, "internal error"))
 
     def _unopened(self, ws: ServerConnection, session: ServedSession) -> None:
         """The open timeout of a protocol without one of its own (Twilio has no timer: a
