@@ -177,8 +177,14 @@ def test_a_slow_stream_does_not_hold_back_the_arrival_stamps_of_the_others(
                 session.start()
             for _ in range(count):
                 assert connected.acquire(timeout=WAIT_S)
-            held = threading.Event()
-            ioloop.call_soon(held.wait, 2.0)  # the loop is busy elsewhere ...
+            held, holding = threading.Event(), threading.Event()
+
+            def hold() -> None:
+                holding.set()
+                held.wait(2.0)
+
+            ioloop.call_soon(hold)  # the loop is busy elsewhere ...
+            assert holding.wait(WAIT_S)
             send.set()  # ... while every peer sends
             time.sleep(0.3)
             held.set()

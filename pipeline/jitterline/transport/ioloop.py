@@ -75,6 +75,7 @@ class IOLoop:
         self._selector = selectors.DefaultSelector()  # the loop's; ``defer`` looks at it too
         self._loop = asyncio.SelectorEventLoop(self._selector)
         self._deferred: deque[tuple[Callable[..., object], tuple[object, ...]]] = deque()
+        self._gave_way = False
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix=f"{name}-worker"
         )
@@ -199,12 +200,17 @@ class IOLoop:
 
     def _run_deferred(self) -> None:
         deferred = self._deferred
-        ran = 0
+        # Look for readable sockets before the first callback too (sockets that became
+        # readable since this run was queued are queued behind it), unless this run is
+        # the one that gave way: it then runs a round first, so that work goes on.
+        ran = 0 if self._gave_way else _YIELD_EVERY
+        self._gave_way = False
         while deferred:
             if ran == _YIELD_EVERY:
                 if len(deferred) < _BACKLOG and self._readable():
                     # The loop queues the readers at its next turn, behind anything already
                     # queued: come back one turn later, behind them.
+                    self._gave_way = True
                     self._loop.call_soon(self._loop.call_soon, self._run_deferred)
                     return
                 ran = 0
