@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import math
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
@@ -31,6 +32,7 @@ __all__ = ["EPOCH", "LoopScheduler", "VirtualScheduler"]
 _TState = TypeVar("_TState")
 
 _GOLDEN = 0.6180339887498949  # (sqrt(5) - 1) / 2: k * _GOLDEN mod 1 spreads evenly for any k
+_GRID_S = 0.01  # periodic work starts on this grid: 50 slots in the second half of a 1 s period
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 """Where virtual time starts: ``VirtualScheduler`` time ``t`` is ``EPOCH + t`` as a datetime."""
@@ -118,9 +120,12 @@ class LoopScheduler(PeriodicScheduler):
         200 streams at once would take their 200 snapshots (~0.3 ms each) in one burst per
         period, holding every stream's audio behind it. So the k-th periodic action on this
         scheduler first runs at a phase spread by the golden ratio over the second half of
-        its period (any N of them stay evenly spread), then every ``period`` after. A loop
-        that fell behind by more than a period skips the missed runs rather than bunching.
-        An action that raises stops its repetition, as ``PeriodicScheduler``'s does.
+        its period (any N of them stay evenly spread), then every ``period`` after. Phases
+        fall on a ``_GRID_S`` grid of the loop's clock, so that the actions of one slot
+        share a wake-up (100 silent streams cost 100 wake-ups a second otherwise, for
+        their snapshots alone). A loop that fell behind by more than a period skips the
+        missed runs rather than bunching. An action that raises stops its repetition, as
+        ``PeriodicScheduler``'s does.
         """
         seconds = self.to_seconds(period)
         self._periodic += 1
@@ -139,10 +144,13 @@ class LoopScheduler(PeriodicScheduler):
                 raise
             if timer.cancelled:  # the action ended its own repetition
                 return
-            due = max(due + seconds, loop.time())
+            due += seconds
+            behind = loop.time() - due
+            if behind > 0:  # skip what was missed, keeping the phase
+                due += math.ceil(behind / seconds) * seconds
             timer.handle = loop.call_at(due, run, due)
 
-        first = loop.time() + seconds * phase
+        first = math.ceil((loop.time() + seconds * phase) / _GRID_S) * _GRID_S
         timer.handle = loop.call_at(first, run, first)
         return timer
 
