@@ -268,15 +268,17 @@ def test_deferred_work_runs_after_every_socket_readable_at_the_time_is_read() ->
     assert log == ["read 0", "read 1", "read 2", "process 0", "process 1", "process 2"]
 
 
-def test_deferred_work_gives_way_to_a_socket_that_becomes_readable() -> None:
-    with IOLoop(name="test-io-yield") as loop, readable_pairs(loop, 1) as pairs:
+def deferred_steps_with_a_frame_after_step_2(name: str, total: int) -> list[str]:
+    """Defer ``total`` steps at once; step 2 writes to a watched socket. The log of the
+    steps and of the socket's read, in the order they ran."""
+    with IOLoop(name=name) as loop, readable_pairs(loop, 1) as pairs:
         (reader, writer), log, done = pairs[0], [], threading.Event()
 
         def step(number: int) -> None:
             log.append(f"step {number}")
             if number == 2:
-                writer.send(b"frame")  # arrives while 28 steps still wait
-            if number == 29:
+                writer.send(b"frame")  # arrives while the other steps still wait
+            if number == total - 1:
                 done.set()
 
         def on_readable() -> None:
@@ -285,14 +287,19 @@ def test_deferred_work_gives_way_to_a_socket_that_becomes_readable() -> None:
 
         def start() -> None:
             loop.loop.add_reader(reader.fileno(), on_readable)
-            for number in range(30):
+            for number in range(total):
                 loop.defer(step, number)
 
         loop.call_soon(start)
         assert done.wait(5.0)
+    assert [entry for entry in log if entry != "read"] == [f"step {n}" for n in range(total)]
+    return log
+
+
+def test_deferred_work_gives_way_to_a_socket_that_becomes_readable() -> None:
+    log = deferred_steps_with_a_frame_after_step_2("test-io-yield", 30)
     # Read within one round of deferred steps after it arrived, not after all 30.
     assert log.index("read") <= log.index("step 2") + 1 + IOLOOP_YIELD_EVERY
-    assert [entry for entry in log if entry != "read"] == [f"step {n}" for n in range(30)]
 
 
 def test_run_deferred_runs_the_rest_now_in_order_and_a_failing_callback_costs_itself(
@@ -322,26 +329,6 @@ def test_run_deferred_runs_the_rest_now_in_order_and_a_failing_callback_costs_it
 def test_a_backlog_past_its_bound_is_worked_down_before_sockets_are_read_again() -> None:
     """A loop that cannot keep up reads as fast as it processes, not faster."""
     total = IOLOOP_BACKLOG + 40
-    with IOLoop(name="test-io-backlog") as loop, readable_pairs(loop, 1) as pairs:
-        (reader, writer), log, done = pairs[0], [], threading.Event()
-
-        def step(number: int) -> None:
-            log.append(f"step {number}")
-            if number == 2:
-                writer.send(b"frame")
-            if number == total - 1:
-                done.set()
-
-        def on_readable() -> None:
-            reader.recv(64)
-            log.append("read")
-
-        def start() -> None:
-            loop.loop.add_reader(reader.fileno(), on_readable)
-            for number in range(total):
-                loop.defer(step, number)
-
-        loop.call_soon(start)
-        assert done.wait(5.0)
+    log = deferred_steps_with_a_frame_after_step_2("test-io-backlog", total)
     waiting_when_read = total - log.index("read")
     assert IOLOOP_BACKLOG - IOLOOP_YIELD_EVERY <= waiting_when_read < IOLOOP_BACKLOG
